@@ -1,0 +1,5 @@
+import sys
+
+from flowlog.cli import main
+
+sys.exit(main())

@@ -1,0 +1,75 @@
+"""The ``flowlog`` command: one subcommand per job, each in its own module.
+
+Every subcommand module has ``register(subparsers)``, which adds its parser and
+sets ``run`` to a function taking the parsed arguments and returning the exit
+status. Usage and configuration errors print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from flowlog import __version__
+from flowlog.config import ConfigError
+
+# In the order `flowlog --help` lists them.
+SUBCOMMAND_MODULES = (
+    "flowlog.agent",
+    "flowlog.replay",
+    "flowlog.cloudwatch.cli",
+    "flowlog.insights.cli",
+    "flowlog.dataplane.cli",
+    "flowlog.demo.cli",
+)
+
+EXAMPLES = """\
+examples:
+  flowlog agent --enable-policy-event-logs --policy-dir /etc/flowlog/policies
+  flowlog agent --ringbuf-pin /sys/fs/bpf/globals/aws/maps/global_policy_events \\
+      --enable-policy-event-logs --enable-cloudwatch-logs --cluster-name prod
+  flowlog replay events.bin --layout aws-v4 --log-file stdout
+  flowlog ship /var/log/aws-routed-eni/network-policy-agent.log --cluster-name prod
+  flowlog query denied-flows --cluster-name prod --since 1h
+  flowlog ebpf progs
+  flowlog demo
+"""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors, exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(
+        prog="flowlog",
+        description="Kubernetes network-policy flow logs: eBPF verdicts to JSON lines "
+        "and CloudWatch Logs.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"flowlog {__version__}")
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND",
+                                       parser_class=ArgumentParser)
+    for module_name in SUBCOMMAND_MODULES:
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return args.run(args)
+    except ConfigError as error:
+        print(f"flowlog: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

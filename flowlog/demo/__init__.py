@@ -1,0 +1,1 @@
+"""The stars demo, and the local stand-ins it runs against."""
