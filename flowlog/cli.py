@@ -53,8 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"flowlog {__version__}")
-    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND",
-                                       parser_class=ArgumentParser)
+    subparsers = parser.add_subparsers(
+        title="commands", metavar="COMMAND", parser_class=ArgumentParser
+    )
     for module_name in SUBCOMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers)
     return parser

@@ -126,9 +126,7 @@ def parse_verdicts(value: Any) -> frozenset[str]:
         return frozenset(VERDICT_NAMES.values())
     unknown = names - set(VERDICT_NAMES.values())
     if unknown or not names:
-        raise ValueError(
-            f"expected a list of ACCEPT, DENY, EXPIRED or 'all', got {value!r}"
-        )
+        raise ValueError(f"expected a list of ACCEPT, DENY, EXPIRED or 'all', got {value!r}")
     return frozenset(names)
 
 
@@ -153,59 +151,170 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("enable_policy_event_logs", parse_bool, "write a flow log line for every verdict",
-           "enablePolicyEventLogs", is_flag_bool=True),
-    Option("enable_cloudwatch_logs", parse_bool,
-           "ship the flow log to CloudWatch Logs (needs policy event logs on)",
-           "enableCloudWatchLogs", is_flag_bool=True),
-    Option("metrics_bind_addr", _bind_addr, "Prometheus metrics address, [host]:port",
-           "metricsBindAddr", metavar="ADDR"),
-    Option("health_probe_bind_addr", _bind_addr, "/healthz and /readyz address, [host]:port",
-           "healthProbeBindAddr", metavar="ADDR"),
+    Option(
+        "enable_policy_event_logs",
+        parse_bool,
+        "write a flow log line for every verdict",
+        "enablePolicyEventLogs",
+        is_flag_bool=True,
+    ),
+    Option(
+        "enable_cloudwatch_logs",
+        parse_bool,
+        "ship the flow log to CloudWatch Logs (needs policy event logs on)",
+        "enableCloudWatchLogs",
+        is_flag_bool=True,
+    ),
+    Option(
+        "metrics_bind_addr",
+        _bind_addr,
+        "Prometheus metrics address, [host]:port",
+        "metricsBindAddr",
+        metavar="ADDR",
+    ),
+    Option(
+        "health_probe_bind_addr",
+        _bind_addr,
+        "/healthz and /readyz address, [host]:port",
+        "healthProbeBindAddr",
+        metavar="ADDR",
+    ),
     Option("log_file", _string, f"flow log path, or '{STDOUT}'", "logFile", metavar="PATH"),
-    Option("log_file_max_size", _parse_int(1), "rotate the flow log at this size, in MB",
-           "logFileMaxSize", metavar="MB"),
-    Option("log_file_max_backups", _parse_int(0), "rotated flow logs to keep",
-           "logFileMaxBackups", metavar="N"),
-    Option("log_file_max_age", _parse_int(0),
-           "delete rotated flow logs older than this many days (0: keep)",
-           "logFileMaxAge", metavar="DAYS"),
-    Option("log_file_compress", parse_bool, "gzip rotated flow logs", "logFileCompress",
-           is_flag_bool=True),
-    Option("flow_log_verdicts", parse_verdicts,
-           "verdicts to write: a list of ACCEPT, DENY, EXPIRED, or all",
-           "flowLogVerdicts", metavar="LIST"),
-    Option("enable_ipv6", parse_bool, "the cluster is IPv6 (pinned ring buffers default "
-           "to the aws-v6 layout)", "enableIpv6", is_flag_bool=True),
-    Option("cluster_name", _string, "EKS cluster name; picks /aws/eks/<name>/cluster",
-           "clusterName", env=("CLUSTER_NAME",), metavar="NAME"),
-    Option("node_name", _string, "this node's name, written in every line and in the "
-           "CloudWatch stream name", "nodeName", env=("MY_NODE_NAME",), metavar="NAME"),
-    Option("region", _string, "AWS region of the CloudWatch Logs endpoint", "region",
-           env=("AWS_REGION", "AWS_DEFAULT_REGION"), metavar="REGION"),
-    Option("cloudwatch_endpoint", _string, "CloudWatch Logs endpoint URL (default: AWS's)",
-           "cloudWatchEndpoint", metavar="URL"),
-    Option("log_group", _string, "log group (default /aws/eks/<cluster>/cluster, or "
-           "/aws/k8s-cluster/cluster without a cluster name)", "logGroup", metavar="NAME"),
-    Option("cloudwatch_flush_interval", _parse_seconds,
-           "longest an event waits before it is sent to CloudWatch, in seconds",
-           "cloudWatchFlushInterval", metavar="SECONDS"),
-    Option("enforcing_mode", _choice("standard", "strict"),
-           "standard: pods allow all until their policies arrive; strict: deny",
-           "enforcingMode", env=("NETWORK_POLICY_ENFORCING_MODE",), metavar="MODE"),
-    Option("policy_dir", _string, "directory of PolicyEndpoint YAML files to enforce",
-           "policyDir", metavar="DIR"),
-    Option("ringbuf_pin", _string, "read this pinned ring buffer instead of loading "
-           "programs, e.g. /sys/fs/bpf/globals/aws/maps/global_policy_events",
-           "ringbufPin", metavar="PATH"),
-    Option("ringbuf_layout", _choice(*(n for n in LAYOUTS if n != "flowlog")),
-           "record layout of a pinned ring buffer", "ringbufLayout", metavar="LAYOUT"),
-    Option("ringbuf_size", _parse_int(4096), "ring buffer size of our programs, in bytes",
-           "ringbufSize", metavar="BYTES"),
-    Option("bpf_pin_dir", _string, "where our programs and maps are pinned", "bpfPinDir",
-           metavar="DIR"),
-    Option("keep_programs", parse_bool, "leave programs attached (enforcement in place) "
-           "when the agent stops", "keepPrograms", is_flag_bool=True),
+    Option(
+        "log_file_max_size",
+        _parse_int(1),
+        "rotate the flow log at this size, in MB",
+        "logFileMaxSize",
+        metavar="MB",
+    ),
+    Option(
+        "log_file_max_backups",
+        _parse_int(0),
+        "rotated flow logs to keep",
+        "logFileMaxBackups",
+        metavar="N",
+    ),
+    Option(
+        "log_file_max_age",
+        _parse_int(0),
+        "delete rotated flow logs older than this many days (0: keep)",
+        "logFileMaxAge",
+        metavar="DAYS",
+    ),
+    Option(
+        "log_file_compress",
+        parse_bool,
+        "gzip rotated flow logs",
+        "logFileCompress",
+        is_flag_bool=True,
+    ),
+    Option(
+        "flow_log_verdicts",
+        parse_verdicts,
+        "verdicts to write: a list of ACCEPT, DENY, EXPIRED, or all",
+        "flowLogVerdicts",
+        metavar="LIST",
+    ),
+    Option(
+        "enable_ipv6",
+        parse_bool,
+        "the cluster is IPv6 (pinned ring buffers default to the aws-v6 layout)",
+        "enableIpv6",
+        is_flag_bool=True,
+    ),
+    Option(
+        "cluster_name",
+        _string,
+        "EKS cluster name; picks /aws/eks/<name>/cluster",
+        "clusterName",
+        env=("CLUSTER_NAME",),
+        metavar="NAME",
+    ),
+    Option(
+        "node_name",
+        _string,
+        "this node's name, written in every line and in the CloudWatch stream name",
+        "nodeName",
+        env=("MY_NODE_NAME",),
+        metavar="NAME",
+    ),
+    Option(
+        "region",
+        _string,
+        "AWS region of the CloudWatch Logs endpoint",
+        "region",
+        env=("AWS_REGION", "AWS_DEFAULT_REGION"),
+        metavar="REGION",
+    ),
+    Option(
+        "cloudwatch_endpoint",
+        _string,
+        "CloudWatch Logs endpoint URL (default: AWS's)",
+        "cloudWatchEndpoint",
+        metavar="URL",
+    ),
+    Option(
+        "log_group",
+        _string,
+        "log group (default /aws/eks/<cluster>/cluster, or "
+        "/aws/k8s-cluster/cluster without a cluster name)",
+        "logGroup",
+        metavar="NAME",
+    ),
+    Option(
+        "cloudwatch_flush_interval",
+        _parse_seconds,
+        "longest an event waits before it is sent to CloudWatch, in seconds",
+        "cloudWatchFlushInterval",
+        metavar="SECONDS",
+    ),
+    Option(
+        "enforcing_mode",
+        _choice("standard", "strict"),
+        "standard: pods allow all until their policies arrive; strict: deny",
+        "enforcingMode",
+        env=("NETWORK_POLICY_ENFORCING_MODE",),
+        metavar="MODE",
+    ),
+    Option(
+        "policy_dir",
+        _string,
+        "directory of PolicyEndpoint YAML files to enforce",
+        "policyDir",
+        metavar="DIR",
+    ),
+    Option(
+        "ringbuf_pin",
+        _string,
+        "read this pinned ring buffer instead of loading "
+        "programs, e.g. /sys/fs/bpf/globals/aws/maps/global_policy_events",
+        "ringbufPin",
+        metavar="PATH",
+    ),
+    Option(
+        "ringbuf_layout",
+        _choice(*(n for n in LAYOUTS if n != "flowlog")),
+        "record layout of a pinned ring buffer",
+        "ringbufLayout",
+        metavar="LAYOUT",
+    ),
+    Option(
+        "ringbuf_size",
+        _parse_int(4096),
+        "ring buffer size of our programs, in bytes",
+        "ringbufSize",
+        metavar="BYTES",
+    ),
+    Option(
+        "bpf_pin_dir", _string, "where our programs and maps are pinned", "bpfPinDir", metavar="DIR"
+    ),
+    Option(
+        "keep_programs",
+        parse_bool,
+        "leave programs attached (enforcement in place) when the agent stops",
+        "keepPrograms",
+        is_flag_bool=True,
+    ),
 )
 OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
 OPTIONS_BY_KEY = {option.config_key: option for option in OPTIONS if option.config_key}
@@ -285,18 +394,28 @@ class Settings:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The agent's flags, shared by ``agent``, ``replay`` and ``ship``."""
     group = parser.add_argument_group("agent settings (flags > environment > --config > defaults)")
-    group.add_argument("--config", metavar="FILE", help="EKS add-on configuration values, "
-                       "JSON or YAML; watched and reloaded on change")
+    group.add_argument(
+        "--config",
+        metavar="FILE",
+        help="EKS add-on configuration values, JSON or YAML; watched and reloaded on change",
+    )
     for option in OPTIONS:
         help_text = option.help
         if option.env:
             help_text += f" [env {', '.join(option.env)}]"
         if option.is_flag_bool:
-            group.add_argument(option.flag, dest=option.name, nargs="?", const="true",
-                               metavar="BOOL", help=help_text)
+            group.add_argument(
+                option.flag,
+                dest=option.name,
+                nargs="?",
+                const="true",
+                metavar="BOOL",
+                help=help_text,
+            )
         else:
-            group.add_argument(option.flag, dest=option.name, metavar=option.metavar,
-                               help=help_text)
+            group.add_argument(
+                option.flag, dest=option.name, metavar=option.metavar, help=help_text
+            )
 
 
 def _apply(values: dict[str, Any], option: Option, raw: Any, source: str) -> None:

@@ -145,9 +145,7 @@ class FlowBatch:
 
 def monotonic_to_epoch_offset_ns() -> int:
     """What to add to a CLOCK_MONOTONIC reading (bpf_ktime_get_ns) for wall time."""
-    return time.clock_gettime_ns(time.CLOCK_REALTIME) - time.clock_gettime_ns(
-        time.CLOCK_MONOTONIC
-    )
+    return time.clock_gettime_ns(time.CLOCK_REALTIME) - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
 
 
 def decode(raw: bytes | bytearray | memoryview | np.ndarray, layout: Layout) -> FlowBatch:

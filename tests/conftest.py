@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from flowlog.demo.local_cloudwatch import LocalCloudWatch
+from tests.support.cloudwatch_proxy import CloudWatchProxy
 
 INTEGRATION_MARKS = ("bpf", "cloudwatch")
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -56,9 +57,18 @@ def local_cloudwatch() -> Iterator[LocalCloudWatch]:
 
 
 @pytest.fixture
-def cloudwatch(local_cloudwatch: LocalCloudWatch, monkeypatch: pytest.MonkeyPatch) -> LocalCloudWatch:
+def cloudwatch(
+    local_cloudwatch: LocalCloudWatch, monkeypatch: pytest.MonkeyPatch
+) -> LocalCloudWatch:
     """A fresh, empty local CloudWatch, with this process's AWS environment pointed at it."""
     local_cloudwatch.reset()
     for name, value in local_cloudwatch.client_environment().items():
         monkeypatch.setenv(name, value)
     return local_cloudwatch
+
+
+@pytest.fixture
+def cloudwatch_proxy(cloudwatch: LocalCloudWatch) -> Iterator[CloudWatchProxy]:
+    """A recording, fault-injecting proxy in front of a fresh local CloudWatch."""
+    with CloudWatchProxy(cloudwatch.endpoint) as proxy:
+        yield proxy

@@ -44,7 +44,7 @@ class LocalCloudWatch:
 
     def client_environment(self) -> dict[str, str]:
         """Environment for a process that should talk to this endpoint."""
-        return {**DUMMY_CREDENTIALS, "AWS_REGION": self.region}
+        return {**DUMMY_CREDENTIALS, "AWS_REGION": self.region, "AWS_DEFAULT_REGION": self.region}
 
     def start(self, timeout: float = 30.0) -> LocalCloudWatch:
         env = {**os.environ, **DUMMY_CREDENTIALS}
