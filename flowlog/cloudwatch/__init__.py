@@ -1,0 +1,1 @@
+"""Shipping the flow log to CloudWatch Logs."""

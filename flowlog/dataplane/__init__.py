@@ -1,0 +1,1 @@
+"""The eBPF data plane: tc programs, policy maps, and the veths they sit on."""

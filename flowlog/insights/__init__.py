@@ -1,0 +1,1 @@
+"""Logs Insights: saved queries and running them, in CloudWatch or locally."""
