@@ -148,9 +148,13 @@ def monotonic_to_epoch_offset_ns() -> int:
     return time.clock_gettime_ns(time.CLOCK_REALTIME) - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
 
 
-def decode(raw: bytes | bytearray | memoryview | np.ndarray, layout: Layout) -> FlowBatch:
+def decode(raw: bytes | bytearray | memoryview, layout: Layout) -> FlowBatch:
     """Decode whole records from ``raw`` (its length a multiple of the record size)."""
-    records = np.frombuffer(raw, dtype=layout.dtype)
+    return decode_records(np.frombuffer(raw, dtype=layout.dtype), layout)
+
+
+def decode_records(records: np.ndarray, layout: Layout) -> FlowBatch:
+    """Copy records of ``layout`` (any array of its dtype, strided views too) into a batch."""
     if layout.dtype is FLOW_EVENT:
         events = records.copy()
         epoch_ms = (
