@@ -13,6 +13,7 @@ import os
 import platform
 from dataclasses import dataclass
 
+BPF_OBJ_PIN = 6
 BPF_OBJ_GET = 7
 BPF_PROG_TEST_RUN = 10
 BPF_OBJ_GET_INFO_BY_FD = 15
@@ -89,6 +90,12 @@ class MapInfo:
     value_size: int
     max_entries: int
     name: str
+
+
+def obj_pin(fd: int, path: str) -> None:
+    """Pin a map or program at ``path`` in the BPF filesystem."""
+    encoded = ctypes.create_string_buffer(os.fsencode(path))
+    _bpf(BPF_OBJ_PIN, _ObjGetAttr(pathname=ctypes.addressof(encoded), bpf_fd=fd))
 
 
 def obj_get(path: str) -> int:
