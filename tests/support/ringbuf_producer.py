@@ -45,12 +45,12 @@ class RecordProducer:
                 f"-DRING_PAGES={ring_bytes // os.sysconf('SC_PAGE_SIZE')}",
             ],
         )
-        self.program = self.bpf.load_func("copy_packet", BPF.SCHED_CLS)
+        self.program = self.bpf.load_func(b"copy_packet", BPF.SCHED_CLS)
         self.pinned: Path | None = None
 
     @property
     def ring_fd(self) -> int:
-        return self.bpf["global_policy_events"].map_fd
+        return self.bpf[b"global_policy_events"].map_fd
 
     def pin(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -65,7 +65,7 @@ class RecordProducer:
 
     def counts(self) -> tuple[int, int]:
         """(records written, records refused because the ring buffer was full)."""
-        table = self.bpf["produced"]
+        table = self.bpf[b"produced"]
         return int(table[table.Key(0)].value), int(table[table.Key(1)].value)
 
     def close(self) -> None:
