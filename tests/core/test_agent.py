@@ -104,7 +104,7 @@ def test_events_queued_at_shutdown_are_written(pinned_ring, tmp_path):
         producer.produce(aws_v4_record("10.0.0.1", 1, "10.0.0.2", 2, 17, 1, 60, 0, 2), 5000)
         agent.signal(signal.SIGTERM)
         agent.signal(signal.SIGCONT)
-        assert agent.stop() == 0
+        assert agent.process.wait(10) == 0
     assert len(read_lines(log)) == 5000
 
 
