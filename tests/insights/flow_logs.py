@@ -1,0 +1,143 @@
+"""A generated flow log for the Insights tests: the records, and the files holding them.
+
+Several thousand flows over three hours from several pods, namespaces,
+policies, verdicts and protocols, written as the agent writes them: a gzipped
+backup, a plain rotated backup and the live file, with lumberjack's names.
+Timestamps are strictly increasing, so "newest first" has one right answer.
+Some lines are the AWS agent's own (only the first ten keys), some flows have
+no known pod or no known policy.
+"""
+
+from __future__ import annotations
+
+import calendar
+import gzip
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+START_MS = calendar.timegm((2026, 11, 22, 2, 0, 0)) * 1000
+NODES = ("ip-10-0-0-1", "ip-10-0-0-2")
+# (IP, pod, namespace) of the pods on our nodes.
+PODS = (
+    ("10.0.1.10", "frontend-7d9f", "stars"),
+    ("10.0.1.11", "backend-5c4b", "stars"),
+    ("10.0.1.12", "backend-5c4b-2", "stars"),
+    ("10.0.2.20", "client-6f8a", "client"),
+    ("10.0.3.30", "management-ui-9b1c", "management-ui"),
+    ("10.0.4.40", "coredns-77aa", "kube-system"),
+)
+REMOTE_IPS = ("10.0.9.5", "10.0.9.17", "10.0.9.100", "192.168.3.4", "172.16.0.9", "10.0.1.11")
+# (policy, policy namespace); the same name in two namespaces on purpose.
+POLICIES = (
+    ("default-deny", "stars"),
+    ("default-deny", "client"),
+    ("allow-frontend", "stars"),
+    ("allow-ui", "management-ui"),
+    ("allow-dns", "kube-system"),
+)
+VERDICTS = (("ACCEPT", 55), ("DENY", 35), ("EXPIRED/DELETED", 7), ("UNKNOWN", 3))
+PROTOCOLS = (("TCP", 60), ("UDP", 25), ("SCTP", 4), ("ICMP", 5), ("ICMPv6", 3), ("UNKNOWN", 3))
+PORTS = (80, 443, 53, 8080, 9090, 6379, 5432, 22)
+TIERS = ("ADMIN", "NETWORK_POLICY", "BASELINE", "DEFAULT", "UNKNOWN")
+
+
+def iso(milliseconds: int) -> str:
+    seconds, millis = divmod(milliseconds, 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+
+
+def backup_stamp(milliseconds: int) -> str:
+    seconds, millis = divmod(milliseconds, 1000)
+    return time.strftime("%Y-%m-%dT%H-%M-%S", time.gmtime(seconds)) + f".{millis:03d}"
+
+
+def _pick(rng: random.Random, weighted: tuple[tuple[str, int], ...]) -> str:
+    return rng.choices([value for value, _ in weighted], [weight for _, weight in weighted])[0]
+
+
+def generate_records(count: int = 6000, seed: int = 5) -> list[dict]:
+    """Flow-log records in write order; each dict's keys in the line's order."""
+    rng = random.Random(seed)
+    records = []
+    now = START_MS
+    for _ in range(count):
+        now += rng.randint(1, 3600)
+        pod_ip, pod, namespace = rng.choice(PODS)
+        remote = rng.choice(REMOTE_IPS)
+        direction = rng.choice(("ingress", "egress"))
+        src, dest = (remote, pod_ip) if direction == "ingress" else (pod_ip, remote)
+        protocol = _pick(rng, PROTOCOLS)
+        icmp = protocol.startswith("ICMP")
+        record = {
+            "level": "info",
+            "timestamp": iso(now),
+            "logger": "ebpf-client",
+            "msg": "Flow Info: ",
+            "Src IP": src,
+            "Src Port": 0 if icmp else rng.randint(1024, 65535),
+            "Dest IP": dest,
+            "Dest Port": 0 if icmp else rng.choice(PORTS),
+            "Proto": protocol,
+            "Verdict": _pick(rng, VERDICTS),
+        }
+        if rng.random() < 0.08:
+            records.append(record)  # the AWS agent's own line: ten keys only
+            continue
+        record.update(
+            {
+                "Direction": direction,
+                "Tier": rng.choice(TIERS),
+                "Packet Size": rng.randint(40, 1500),
+                "Node": rng.choice(NODES),
+            }
+        )
+        if rng.random() < 0.9:
+            record.update({"Pod": pod, "Namespace": namespace})
+        if rng.random() < 0.8:
+            policy, policy_namespace = rng.choice(POLICIES)
+            record.update({"Policy": policy, "Policy Namespace": policy_namespace})
+        records.append(record)
+    return records
+
+
+def timestamp_ms(record: dict) -> int:
+    stamp = record["timestamp"]
+    seconds = calendar.timegm(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S"))
+    return seconds * 1000 + int(stamp[20:23])
+
+
+@dataclass(frozen=True)
+class FlowLogFiles:
+    records: list[dict]
+    live: Path
+    plain_backup: Path
+    gzipped_backup: Path
+
+    @property
+    def paths(self) -> list[Path]:
+        return [self.gzipped_backup, self.plain_backup, self.live]
+
+
+def write_flow_logs(directory: Path, records: list[dict]) -> FlowLogFiles:
+    """Oldest third gzipped, middle third a plain backup, the rest the live file."""
+    third = len(records) // 3
+    parts = (records[:third], records[third : 2 * third], records[2 * third :])
+
+    def block(part: list[dict]) -> bytes:
+        return b"".join(orjson.dumps(record) + b"\n" for record in part)
+
+    # Each backup is named for the moment it was rotated: just after its last line.
+    first_closed = timestamp_ms(parts[0][-1]) + 1
+    second_closed = timestamp_ms(parts[1][-1]) + 1
+    gzipped = directory / f"network-policy-agent-{backup_stamp(first_closed)}.log.gz"
+    plain = directory / f"network-policy-agent-{backup_stamp(second_closed)}.log"
+    live = directory / "network-policy-agent.log"
+    with gzip.open(gzipped, "wb") as handle:
+        handle.write(block(parts[0]))
+    plain.write_bytes(block(parts[1]))
+    live.write_bytes(block(parts[2]))
+    return FlowLogFiles(records, live, plain, gzipped)

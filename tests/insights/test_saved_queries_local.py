@@ -1,0 +1,224 @@
+"""Every saved query, run with --local on a generated flow log, against answers
+computed here in plain Python from the records that were written."""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections import Counter, defaultdict
+
+import pytest
+
+from flowlog.insights.saved import list_saved_queries, load_saved_query
+from tests.insights.flow_logs import iso, timestamp_ms
+
+FIVE_MINUTES_MS = 300_000
+
+
+def shown_time(milliseconds: int) -> str:
+    """Insights' way of printing a time: 2023-05-30 16:05:32.573."""
+    seconds, millis = divmod(milliseconds, 1000)
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}"
+
+
+def shown_number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def row_of(record: dict, columns: list[str]) -> dict[str, str]:
+    """A record as a result row: the columns it has, as text."""
+    row = {}
+    for column in columns:
+        if column == "@timestamp":
+            row[column] = shown_time(timestamp_ms(record))
+        elif column in record:
+            row[column] = str(record[column])
+    return row
+
+
+def newest_first(records: list[dict], limit: int) -> list[dict]:
+    return sorted(records, key=timestamp_ms, reverse=True)[:limit]
+
+
+def ip_order(address: str) -> ipaddress.IPv4Address:
+    return ipaddress.ip_address(address)
+
+
+def saved(name: str):
+    return next(query for query in list_saved_queries() if query.name == name)
+
+
+def run_saved(flowlog, flow_logs, name: str, *extra: str) -> tuple[list[str], list[dict]]:
+    outcome = flowlog("query", "--local", *flow_logs.paths, name, "--output", "json", *extra)
+    assert outcome.status == 0, outcome.stderr
+    rows = outcome.json()
+    declared = list(saved(name).columns)
+    for row in rows:
+        assert set(row) <= set(declared)
+        assert list(row) == [column for column in declared if column in row]  # column order
+    return declared, rows
+
+
+def test_every_saved_query_is_covered_here():
+    tested = {
+        "denied-flows",
+        "top-denied-sources",
+        "denies-by-port",
+        "pod-flows",
+        "verdicts-over-time",
+        "policy-flows",
+        "deny-share-by-namespace",
+    }
+    assert {query.name for query in list_saved_queries()} == tested
+
+
+def test_denied_flows(flowlog, flow_logs):
+    columns, rows = run_saved(flowlog, flow_logs, "denied-flows")
+    denied = [r for r in flow_logs.records if r["Verdict"] == "DENY"]
+    assert len(denied) > 1000  # the limit matters
+    assert rows == [row_of(r, columns) for r in newest_first(denied, 1000)]
+
+
+def test_top_denied_sources(flowlog, flow_logs):
+    _, rows = run_saved(flowlog, flow_logs, "top-denied-sources")
+    counts: Counter[str] = Counter()
+    destinations: defaultdict[str, set] = defaultdict(set)
+    ports: defaultdict[str, set] = defaultdict(set)
+    for record in flow_logs.records:
+        if record["Verdict"] == "DENY":
+            source = record["Src IP"]
+            counts[source] += 1
+            destinations[source].add(record["Dest IP"])
+            ports[source].add(record["Dest Port"])
+    ranked = sorted(counts, key=lambda ip: (-counts[ip], ip_order(ip)))[:25]
+    expected = [
+        {
+            "Src IP": ip,
+            "denied": str(counts[ip]),
+            "destinations": str(len(destinations[ip])),
+            "ports": str(len(ports[ip])),
+        }
+        for ip in ranked
+    ]
+    assert rows == expected
+
+
+def test_denies_by_port(flowlog, flow_logs):
+    _, rows = run_saved(flowlog, flow_logs, "denies-by-port")
+    counts: Counter[tuple[int, str]] = Counter()
+    sources: defaultdict[tuple[int, str], set] = defaultdict(set)
+    for record in flow_logs.records:
+        if record["Verdict"] == "DENY":
+            key = (record["Dest Port"], record["Proto"])
+            counts[key] += 1
+            sources[key].add(record["Src IP"])
+    ranked = sorted(counts, key=lambda key: (-counts[key], key[0], key[1]))[:100]
+    expected = [
+        {
+            "Dest Port": str(port),
+            "Proto": proto,
+            "denied": str(counts[(port, proto)]),
+            "sources": str(len(sources[(port, proto)])),
+        }
+        for port, proto in ranked
+    ]
+    assert len(counts) > 10
+    assert rows == expected
+
+
+@pytest.mark.parametrize("ip", ["10.0.1.10", "10.0.9.17"])
+def test_pod_flows(flowlog, flow_logs, ip):
+    columns, rows = run_saved(flowlog, flow_logs, "pod-flows", "--param", f"ip={ip}")
+    matching = [r for r in flow_logs.records if ip in (r["Src IP"], r["Dest IP"])]
+    assert matching
+    assert rows == [row_of(r, columns) for r in newest_first(matching, 1000)]
+
+
+def test_verdicts_over_time(flowlog, flow_logs):
+    _, rows = run_saved(flowlog, flow_logs, "verdicts-over-time")
+    buckets: defaultdict[int, Counter[str]] = defaultdict(Counter)
+    for record in flow_logs.records:
+        if record["Verdict"] in ("ACCEPT", "DENY"):
+            start = timestamp_ms(record) // FIVE_MINUTES_MS * FIVE_MINUTES_MS
+            buckets[start][record["Verdict"]] += 1
+    expected = [
+        {
+            "period": shown_time(start),
+            "accepted": str(buckets[start]["ACCEPT"]),
+            "denied": str(buckets[start]["DENY"]),
+        }
+        for start in sorted(buckets)
+    ]
+    assert len(expected) > 30  # three hours of five-minute bins
+    assert rows[0]["period"].endswith(":00:00.000")  # bins start on the 5-minute mark
+    assert rows == expected
+
+
+@pytest.mark.parametrize("policy", ["default-deny", "allow-ui"])
+def test_policy_flows(flowlog, flow_logs, policy):
+    """default-deny exists in two namespaces: both are its flows, told apart by a column."""
+    columns, rows = run_saved(flowlog, flow_logs, "policy-flows", "--param", f"policy={policy}")
+    matching = [r for r in flow_logs.records if r.get("Policy") == policy]
+    assert rows == [row_of(r, columns) for r in newest_first(matching, 1000)]
+    if policy == "default-deny":
+        assert {row["Policy Namespace"] for row in rows} == {"stars", "client"}
+
+
+def test_deny_share_by_namespace(flowlog, flow_logs):
+    _, rows = run_saved(flowlog, flow_logs, "deny-share-by-namespace")
+    flows: Counter[str] = Counter()
+    denied: Counter[str] = Counter()
+    for record in flow_logs.records:
+        if "Namespace" in record:
+            flows[record["Namespace"]] += 1
+            denied[record["Namespace"]] += record["Verdict"] == "DENY"
+    share = {ns: denied[ns] * 100 / flows[ns] for ns in flows}
+    ranked = sorted(flows, key=lambda ns: (-share[ns], ns))
+    expected = [
+        {
+            "Namespace": ns,
+            "flows": str(flows[ns]),
+            "denied": str(denied[ns]),
+            "denyPercent": shown_number(share[ns]),
+        }
+        for ns in ranked
+    ]
+    assert rows == expected
+
+
+def test_time_range_applies_to_every_file(flowlog, flow_logs):
+    """--since/--until select by each line's timestamp, across backups and the live file."""
+    records = flow_logs.records
+    since, until = timestamp_ms(records[1500]), timestamp_ms(records[4500])
+    outcome = flowlog(
+        "query",
+        "--local",
+        *flow_logs.paths,
+        "stats count(*) as flows, min(@timestamp) as first, max(@timestamp) as last",
+        "--since",
+        iso(since),
+        "--until",
+        iso(until),
+        "--output",
+        "json",
+    )
+    assert outcome.status == 0, outcome.stderr
+    assert outcome.json() == [
+        {"flows": "3001", "first": shown_time(since), "last": shown_time(until)}
+    ]
+
+
+def test_backups_closed_before_the_range_are_not_needed(flowlog, flow_logs, tmp_path):
+    """A range after the gzipped backup was rotated gives the same rows without it."""
+    since = iso(timestamp_ms(flow_logs.records[-100]))
+    query = "fields @timestamp, `Src IP` | sort @timestamp asc"
+    everything = flowlog("query", "--local", *flow_logs.paths, query, "--since", since)
+    newest = flowlog("query", "--local", flow_logs.live, query, "--since", since)
+    assert everything.status == newest.status == 0
+    assert everything.stdout == newest.stdout
+    assert len(everything.stdout.splitlines()) == 2 + 100
+
+
+def test_saved_files_load_from_the_repository():
+    for query in list_saved_queries():
+        assert load_saved_query(query.path) == query
