@@ -138,10 +138,10 @@ class AddressBook:
     """The text of every IPv4 address seen lately, as a table, and each event's row in it.
 
     The addresses one node sees are a small set, so a batch is resolved with
-    two direct-mapped slots per address (its low 16 bits, and its two halves
-    XORed) and one comparison: no sort, no Python code per event. Only
-    addresses that are new, or that share both slots with another address,
-    take a slower path.
+    two direct-mapped slots per address (two multiplicative hashes, which
+    scatter the neighbouring addresses of a subnet) and one comparison: no
+    sort, no Python code per event. Only addresses that are new, or that share
+    both slots with other addresses, take a slower path.
     """
 
     MAX_KNOWN = 1 << 16
@@ -154,19 +154,21 @@ class AddressBook:
         self._address_of_row = np.zeros(0, np.uint32)
         self._slots = (np.full(1 << 16, self.EMPTY, np.intp), np.full(1 << 16, self.EMPTY, np.intp))
         self._row_of: dict[int, int] = {}
-        self._texts: list[bytes] = []
-        self.table = Table.of([b""])
+        self.table = Table.of([])
 
     @staticmethod
-    def _slot_keys(addresses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        low = addresses & 0xFFFF
-        return low, low ^ (addresses >> 16)
+    def _slot_keys(addresses: np.ndarray | int) -> tuple[np.ndarray, np.ndarray]:
+        addresses = np.asarray(addresses, np.uint32)
+        return (
+            (addresses * np.uint32(0x9E3779B1)) >> np.uint32(16),
+            (addresses * np.uint32(0x85EBCA77)) >> np.uint32(16),
+        )
 
     def rows(self, addresses: np.ndarray) -> np.ndarray:
         """Row of each address (host-order uint32) in ``self.table``."""
         rows = np.full(len(addresses), self.EMPTY, np.intp)
         unresolved = np.ones(len(addresses), bool)
-        if self._texts:
+        if self._row_of:
             for slots, keys in zip(self._slots, self._slot_keys(addresses), strict=True):
                 candidates = slots[keys]
                 hit = unresolved & (self._address_of_row[candidates] == addresses)
@@ -179,23 +181,23 @@ class AddressBook:
 
     def _resolve_slowly(self, addresses: np.ndarray, rows: np.ndarray, unresolved: np.ndarray):
         unique, inverse = np.unique(addresses[unresolved], return_inverse=True)
-        if len(self._texts) + len(unique) > self.MAX_KNOWN:
+        if len(self._row_of) + len(unique) > self.MAX_KNOWN:
             self._clear()
             self._resolve_slowly(addresses, rows, np.ones(len(addresses), bool))
             return
-        unique_rows = []
+        unique_rows, new_texts = [], []
         for address in unique.tolist():
             row = self._row_of.get(address)
             if row is None:
-                row = self._row_of[address] = len(self._texts)
-                self._texts.append(socket.inet_ntoa(address.to_bytes(4, "big")).encode())
+                row = self._row_of[address] = len(self._row_of)
+                new_texts.append(socket.inet_ntoa(address.to_bytes(4, "big")).encode())
                 for slots, key in zip(self._slots, self._slot_keys(address), strict=True):
                     if slots[key] == self.EMPTY:
                         slots[key] = row
             unique_rows.append(row)
-        if len(self._texts) != len(self.table.lengths):
-            self._address_of_row = np.array(list(self._row_of), np.uint32)
-            self.table = Table.of(self._texts)
+        if new_texts:
+            self._address_of_row = np.fromiter(self._row_of, np.uint32, len(self._row_of))
+            self.table = self.table.extended(new_texts)
         rows[unresolved] = np.array(unique_rows, np.intp)[inverse]
 
 
@@ -217,6 +219,7 @@ class FlowFormatter:
         self._names_version: int | None = None
         self._pods = _id_table({}, POD_KEYS)
         self._policies = _id_table({}, POLICY_KEYS, suffix=LINE_END)
+        self._buffer = np.empty(0, np.uint8)
         self._last_second = -1
         self._second_text = b""
 
@@ -267,8 +270,12 @@ class FlowFormatter:
     # --- the batch ------------------------------------------------------------
 
     def format(self, batch: FlowBatch) -> bytes:
+        return bytes(self.format_view(batch))
+
+    def format_view(self, batch: FlowBatch) -> memoryview:
+        """The lines of ``batch``, valid until the next call (the buffer is reused)."""
         if len(batch) == 0:
-            return b""
+            return memoryview(b"")
         self._refresh_names()
         events = batch.events
         heads, head_rows = self._heads(batch.epoch_ms)
@@ -293,7 +300,41 @@ class FlowFormatter:
             (self._pods, _known_ids(events["endpoint_id"], len(self._pods.lengths))),
             (self._policies, _known_ids(events["policy_id"], len(self._policies.lengths))),
         ]
-        return _concatenate_rows(fields)
+        return self._concatenate_rows(fields)
+
+    def _output(self, size: int) -> np.ndarray:
+        # One buffer, grown as needed and reused: fresh memory for every batch
+        # would cost a page fault per 4 KiB.
+        if len(self._buffer) < size:
+            self._buffer = np.empty(max(size, 2 * len(self._buffer)), np.uint8)
+        return self._buffer[:size]
+
+    def _concatenate_rows(self, fields: list[tuple[Table, np.ndarray]]) -> memoryview:
+        lengths = [table.lengths[rows] for table, rows in fields]
+        line_lengths = np.sum(lengths, axis=0)
+        line_starts = np.cumsum(line_lengths) - line_lengths
+        field_ends = []
+        end = line_starts
+        for (table, _), length in zip(fields, lengths, strict=True):
+            end = end + length
+            # The window of this field starts ``width`` bytes before its end; it must
+            # not reach back into the previous line.
+            if table.width and (end - table.width < line_starts).any():
+                return memoryview(_concatenate_by_deleting_padding(fields))
+            field_ends.append(end)
+        out = self._output(int(end[-1]))
+        for (table, rows), field_end in reversed(list(zip(fields, field_ends, strict=True))):
+            if table.width == 0:
+                continue
+            # Every ``width``-byte window of the output, one starting at each byte.
+            windows = np.ndarray(
+                buffer=out,
+                dtype=table.items.dtype,
+                shape=(len(out) - table.width + 1,),
+                strides=(1,),
+            )
+            windows[field_end - table.width] = table.items[rows]
+        return memoryview(out)
 
 
 def _address_text(address: bytes) -> bytes:
@@ -321,31 +362,6 @@ def _id_table(
 def _known_ids(ids: np.ndarray, count: int) -> np.ndarray:
     """Ids the tables know; anything else (stale, foreign) formats as unknown."""
     return np.where(ids < count, ids, 0).astype(np.intp)
-
-
-def _concatenate_rows(fields: list[tuple[Table, np.ndarray]]) -> bytes:
-    lengths = [table.lengths[rows] for table, rows in fields]
-    line_lengths = np.sum(lengths, axis=0)
-    line_starts = np.cumsum(line_lengths) - line_lengths
-    field_ends = []
-    end = line_starts
-    for (table, _), length in zip(fields, lengths, strict=True):
-        end = end + length
-        # The window of this field starts ``width`` bytes before its end; it must
-        # not reach back into the previous line.
-        if table.width and (end - table.width < line_starts).any():
-            return _concatenate_by_deleting_padding(fields)
-        field_ends.append(end)
-    out = np.empty(int(end[-1]), np.uint8)
-    for (table, rows), field_end in reversed(list(zip(fields, field_ends, strict=True))):
-        if table.width == 0:
-            continue
-        # Every ``width``-byte window of the output, one starting at each byte.
-        windows = np.ndarray(
-            buffer=out, dtype=table.items.dtype, shape=(len(out) - table.width + 1,), strides=(1,)
-        )
-        windows[field_end - table.width] = table.items[rows]
-    return out.tobytes()
 
 
 def _concatenate_by_deleting_padding(fields: list[tuple[Table, np.ndarray]]) -> bytes:

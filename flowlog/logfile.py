@@ -43,7 +43,7 @@ COPY_CHUNK = 1 << 20
 class LineSink(Protocol):
     """Where formatted flow-log lines go."""
 
-    def write(self, block: bytes, lines: int) -> bool:
+    def write(self, block: bytes | memoryview, lines: int) -> bool:
         """Write whole lines; False if they could not be written (already counted)."""
 
     def flush(self) -> None: ...
@@ -97,7 +97,7 @@ class StdoutSink:
         self.fd = sys.stdout.fileno() if fd is None else fd
         self._failing = False
 
-    def write(self, block: bytes, lines: int) -> bool:
+    def write(self, block: bytes | memoryview, lines: int) -> bool:
         try:
             _write_all(self.fd, block)
         except OSError as error:
@@ -148,7 +148,7 @@ class RotatingLogFile:
 
     # --- writing -------------------------------------------------------------
 
-    def write(self, block: bytes, lines: int) -> bool:
+    def write(self, block: bytes | memoryview, lines: int) -> bool:
         """Append complete lines, rotating first whenever a line would not fit."""
         if not block:
             return True

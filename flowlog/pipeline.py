@@ -70,7 +70,7 @@ class Pipeline:
             if len(batch) == 0:
                 return
         batch.epoch_ms = self._non_decreasing(batch.epoch_ms)
-        if self.sink.write(self.formatter.format(batch), len(batch)):
+        if self.sink.write(self.formatter.format_view(batch), len(batch)):
             metrics.BATCH_LATENCY.set(max(0.0, time.time() - batch.epoch_ms[-1] / 1000))
             if self.on_written:
                 self.on_written()

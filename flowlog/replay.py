@@ -19,7 +19,7 @@ from flowlog.sinks import Shipper, open_sink
 
 log = logging.getLogger(__name__)
 
-CHUNK_RECORDS = 65536
+CHUNK_RECORDS = 8192
 SHIPPING_TIMEOUT_SECONDS = 600.0
 
 EPILOG = """\

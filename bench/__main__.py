@@ -1,0 +1,45 @@
+"""``make bench``: run every benchmark, print each figure with its target and baseline ratio."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench import replay_to_file
+from bench.measure import Figure
+
+BENCHMARKS = {
+    "replay": replay_to_file.run,
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument(
+        "names",
+        nargs="*",
+        choices=[[], *BENCHMARKS],
+        default=[],
+        help="benchmarks to run (default: all)",
+    )
+    args = parser.parse_args()
+    figures: list[Figure] = []
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="flowlog-bench-") as work:
+        for name in args.names or BENCHMARKS:
+            print(f"== {name}", flush=True)
+            results = BENCHMARKS[name](Path(work))
+            for figure in results:
+                print(figure.render(), flush=True)
+            figures += results
+    print(f"\n== summary ({time.monotonic() - started:.0f} s)")
+    for figure in figures:
+        print(figure.render())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

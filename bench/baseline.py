@@ -1,0 +1,98 @@
+"""Baseline (a): the flow-log pipeline a user would write from bcc's documented API.
+
+``BPF.open_ring_buffer`` with a Python callback; in it, one decode of the event
+(``ctypes``, as bcc's examples do with ``b["events"].event(data)``) and one
+``orjson.dumps`` of a dict, written to the file. The replay variant does the
+same per-record work on a file, to compare with ``flowlog replay``.
+
+    python -m bench.baseline replay RECORDS OUTPUT
+    python -m bench.baseline ringbuf PINNED_RING OUTPUT SECONDS
+"""
+
+from __future__ import annotations
+
+import ctypes
+import socket
+import sys
+import time
+
+import orjson
+
+VERDICTS = {0: "DENY", 1: "ACCEPT", 2: "EXPIRED/DELETED"}
+PROTOCOLS = {6: "TCP", 17: "UDP", 132: "SCTP", 1: "ICMP", 58: "ICMPv6"}
+TIERS = {1: "ADMIN", 2: "NETWORK_POLICY", 3: "BASELINE", 4: "DEFAULT"}
+
+
+class AwsV4Event(ctypes.Structure):
+    _fields_ = [
+        ("src_ip", ctypes.c_uint8 * 4),
+        ("src_port", ctypes.c_uint32),
+        ("dest_ip", ctypes.c_uint8 * 4),
+        ("dest_port", ctypes.c_uint32),
+        ("protocol", ctypes.c_uint32),
+        ("verdict", ctypes.c_uint32),
+        ("packet_sz", ctypes.c_uint32),
+        ("is_egress", ctypes.c_uint8),
+        ("tier", ctypes.c_uint8),
+    ]
+
+
+def line(event: AwsV4Event) -> bytes:
+    now = time.time()
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
+    return (
+        orjson.dumps(
+            {
+                "level": "info",
+                "timestamp": stamp,
+                "logger": "ebpf-client",
+                "msg": "Flow Info: ",
+                "Src IP": socket.inet_ntoa(bytes(event.src_ip)),
+                "Src Port": event.src_port,
+                "Dest IP": socket.inet_ntoa(bytes(event.dest_ip)),
+                "Dest Port": event.dest_port,
+                "Proto": PROTOCOLS.get(event.protocol, "UNKNOWN"),
+                "Verdict": VERDICTS.get(event.verdict, "UNKNOWN"),
+                "Direction": "egress" if event.is_egress else "ingress",
+                "Tier": TIERS.get(event.tier, "UNKNOWN"),
+                "Packet Size": event.packet_sz,
+            }
+        )
+        + b"\n"
+    )
+
+
+def replay(records_path: str, output_path: str) -> None:
+    size = ctypes.sizeof(AwsV4Event)
+    with open(records_path, "rb") as source, open(output_path, "wb") as out:
+        data = source.read()
+        for offset in range(0, len(data) - size + 1, size):
+            out.write(line(AwsV4Event.from_buffer_copy(data, offset)))
+
+
+def ringbuf(pinned: str, output_path: str, seconds: float) -> None:
+    from bcc import BPF
+    from bcc.table import RingBuf
+
+    from flowlog import bpf_syscall
+
+    fd = bpf_syscall.obj_get(pinned)
+    table = RingBuf(BPF(text=""), b"events", fd, None)
+    out = open(output_path, "wb")  # noqa: SIM115 - closed below, after the loop
+
+    def callback(ctx: int, data: int, size: int) -> None:
+        out.write(line(ctypes.cast(data, ctypes.POINTER(AwsV4Event)).contents))
+
+    table.open_ring_buffer(callback)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        table.bpf.ring_buffer_poll(100)
+    out.close()
+
+
+if __name__ == "__main__":
+    command, *args = sys.argv[1:]
+    if command == "replay":
+        replay(*args)
+    else:
+        ringbuf(args[0], args[1], float(args[2]))
