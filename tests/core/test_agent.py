@@ -183,3 +183,50 @@ def test_a_missing_pin_is_a_one_line_error(tmp_path):
             "flowlog: error: --ringbuf-pin /sys/fs/bpf/no-such-map: cannot open: "
             "No such file or directory"
         )
+
+
+def test_a_configmap_update_is_picked_up(pinned_ring, tmp_path):
+    """kubelet updates a mounted ConfigMap by swapping a ``..data`` symlink."""
+    producer, pin = pinned_ring
+    mount = tmp_path / "config"
+    mount.mkdir()
+
+    def publish(version: int, enabled: bool) -> None:
+        data = mount / f"..2026_11_22_00_00_0{version}"
+        data.mkdir()
+        (data / "addon.json").write_text(
+            json.dumps({"nodeAgent": {"enablePolicyEventLogs": str(enabled).lower()}})
+        )
+        (mount / "..data_tmp").symlink_to(data.name)
+        (mount / "..data_tmp").rename(mount / "..data")
+
+    publish(1, False)
+    (mount / "addon.json").symlink_to("..data/addon.json")
+    log = tmp_path / "flows.log"
+    with AgentProcess(
+        "--ringbuf-pin", str(pin), "--config", str(mount / "addon.json"), "--log-file", str(log)
+    ) as agent:
+        assert agent.wait_ready()["enablePolicyEventLogs"] is False
+        publish(2, True)
+        wait_until(lambda: agent.ready()["enablePolicyEventLogs"] is True, message="reload")
+        producer.produce(aws_v4_record("10.0.0.1", 7, "10.0.0.2", 80, 6, 1, 60, 0, 2))
+        wait_until(lambda: read_lines(log), message="a line")
+        assert agent.stop() == 0
+
+
+def test_a_second_signal_exits_at_once(pinned_ring, tmp_path):
+    _, pin = pinned_ring
+    with AgentProcess(
+        "--ringbuf-pin",
+        str(pin),
+        "--enable-policy-event-logs",
+        "--log-file",
+        str(tmp_path / "f.log"),
+    ) as agent:
+        agent.wait_ready()
+        agent.signal(signal.SIGSTOP)  # both signals are pending when it runs again
+        agent.signal(signal.SIGTERM)
+        agent.signal(signal.SIGINT)
+        agent.signal(signal.SIGCONT)
+        assert agent.process.wait(10) == 1
+        assert ": exiting now" in agent.stderr()
