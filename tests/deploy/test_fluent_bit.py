@@ -175,8 +175,9 @@ def test_the_path_matches_live_and_rotated_files_only(classic, tmp_path):
         *gzipped,
         "network-policy-agent-2026-08-07T15-04-05.000.log.gz",
         "network-policy-agent-2026-08-07T15-04-05.000.log.gz.tmp",
-        "network-policy-agent.log.checkpoint",
-        "network-policy-agent.checkpoint.json",
+        # flowlog's CloudWatch checkpoint and its partial write, beside the log.
+        "network-policy-agent.cloudwatch-checkpoint.json",
+        "network-policy-agent.cloudwatch-checkpoint.json.tmp",
         "flb_npagent.db",
         "flb_npagent.db-wal",
         "flb_npagent.db-shm",
