@@ -113,13 +113,14 @@ def run_query(
                 break
             if status in FAILED_STATUSES:
                 raise CloudWatchQueryError(f"query {query_id} ended with status {status}")
-            if time.monotonic() + delay > deadline:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 stopped = _stop(client, query_id)
                 raise CloudWatchQueryError(
                     f"query {query_id} did not complete within {timeout:g}s; {stopped} "
                     f"(--timeout sets how long to wait)"
                 )
-            time.sleep(delay)
+            time.sleep(min(delay, remaining))
             delay = min(delay * POLL_BACKOFF, LONGEST_POLL_SECONDS)
         results = list(response.get("results", []))
         while response.get("nextToken"):

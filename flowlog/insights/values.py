@@ -195,7 +195,7 @@ def natural_key(value: Value) -> tuple:
     """Sort key of a present value in Insights' ascending natural order."""
     number = to_number(value)
     if number is not None:
-        return (1, number)
+        return (1, number, format_value(value))  # "01" before "1": a total order
     chunks = tuple(
         ("0", len(chunk), int(chunk)) if chunk[0].isdigit() else (chunk, 0, 0)
         for chunk in _CHUNKS.findall(format_value(value))
