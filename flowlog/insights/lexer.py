@@ -46,8 +46,8 @@ class Token:
         return f"'{self.text}'"
 
 
-OPERATORS = ("!=", "<=", ">=", "|", ",", "(", ")", "[", "]", "=", "<", ">", "+", "-", "*", "/")
-OPERATORS += ("%", "^")
+# Two-character operators first, so "<=" is not read as "<" then "=".
+OPERATORS = ("!=", "<=", ">=", *"|,()[]=<>+-*/%^")
 NAME_START = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_@$")
 NAME_CHARS = NAME_START | set("0123456789.")
 STRING_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "'": "'", "\\": "\\"}

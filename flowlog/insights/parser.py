@@ -80,6 +80,7 @@ INSIGHTS_ONLY_COMMANDS = frozenset(
 )
 KEYWORDS = frozenset(("and", "or", "not", "like", "in", "as", "by", "asc", "desc"))
 COMPARISON_OPERATORS = ("=", "!=", "<", "<=", ">", ">=")
+MAX_STATS_COMMANDS = 2  # Insights' limit: a second stats aggregates the first one's rows
 # "sort x" without a direction sorts descending, as Insights does.
 DEFAULT_DESCENDING = True
 
@@ -120,6 +121,9 @@ class Parser:
         for command, following in itertools.pairwise(commands):
             if isinstance(command, Dedup) and not isinstance(following, Limit):
                 raise self.error("only limit may follow dedup", following.start)
+        stats = [command for command in commands if isinstance(command, Stats)]
+        if len(stats) > MAX_STATS_COMMANDS:
+            raise self.error("a query can have at most two stats commands", stats[2].start)
         return Query(self.text, tuple(commands))
 
     def command(self) -> Command:

@@ -244,6 +244,11 @@ def test_stats_without_by_always_gives_one_row():
     assert results("filter Proto = 'GRE' | stats count(*) as n, sum(Bytes) as b") == [{"n": "0"}]
 
 
+def test_a_second_stats_aggregates_the_first():
+    text = "stats count(*) as n by Proto | stats max(n) as busiest, count(*) as protocols"
+    assert results(text) == [{"busiest": "4", "protocols": "3"}]
+
+
 def test_commands_after_stats_work_on_its_rows():
     text = "stats count(*) as n by Proto | filter n > 1 | sort n asc | fields n * 10 as tens"
     assert columns(text) == ["Proto", "n", "tens"]
@@ -409,6 +414,10 @@ def test_unsupported_functions_are_refused_by_name(flowlog, flow_logs, function)
         ("filter a in (1, 2)", "line 1, column 13: expected '[' after 'in', found '('"),
         ("fields a b", "line 1, column 10: expected '|' or the end of the query, found 'b'"),
         ("filter a = 1 ~ 2", "line 1, column 14: unexpected character '~'"),
+        (
+            "stats count(*) as n by Proto | stats sum(n) as s | stats count(*)",
+            "line 1, column 52: a query can have at most two stats commands",
+        ),
         ("   # only a comment", "the query is empty"),
     ],
 )
