@@ -188,15 +188,13 @@ def _sort_rows(rows: Iterable[Row], keys: tuple[SortKey, ...], limit: int | None
     directions = {key.descending for key in keys}
     if len(directions) == 1:
         descending = directions.pop()
+        # Missing values rank after present ones whichever way the sort goes.
+        present, missing = (1, 0) if descending else (0, 1)
 
         def key_of(row: Row) -> tuple:
-            values = [evaluate(row) for evaluate in evaluators]
-            # Present before missing in either direction.
             return tuple(
-                ((1, natural_key(v)) if descending else (0, natural_key(v)))
-                if v is not None
-                else ((0, ()) if descending else (1, ()))
-                for v in values
+                (missing, ()) if (value := evaluate(row)) is None else (present, natural_key(value))
+                for evaluate in evaluators
             )
 
         if limit is None:

@@ -57,6 +57,7 @@ class Lexer:
     def __init__(self, text: str) -> None:
         self.text = text
         self.pos = 0
+        self.consumed_to = 0  # where the last token taken ends
         self._peeked: Token | None = None
 
     def error(self, message: str, position: int) -> QueryError:
@@ -70,6 +71,7 @@ class Lexer:
     def next(self) -> Token:
         token = self.peek()
         self._peeked = None
+        self.consumed_to = token.end
         return token
 
     def regex(self) -> Token:
@@ -90,7 +92,7 @@ class Lexer:
                 pos += 2
                 continue
             if char == "/":
-                self.pos = pos + 1
+                self.pos = self.consumed_to = pos + 1
                 return Token(Kind.REGEX, "".join(body), token.start, self.pos)
             body.append(char)
             pos += 1

@@ -144,7 +144,7 @@ class Parser:
 
     def _fields(self, keyword: Token) -> Fields:
         items = self.items()
-        return Fields(keyword.start, self.lexer.pos, tuple(items))
+        return Fields(keyword.start, self.lexer.consumed_to, tuple(items))
 
     def _filter(self, keyword: Token) -> Filter:
         condition = self.expression()
@@ -161,7 +161,7 @@ class Parser:
             self.lexer.next()
             groups = self.items()
         self._check_stats_items(aggregations, groups)
-        return Stats(keyword.start, self.lexer.pos, tuple(aggregations), tuple(groups))
+        return Stats(keyword.start, self.lexer.consumed_to, tuple(aggregations), tuple(groups))
 
     def _sort(self, keyword: Token) -> Sort:
         keys = []
@@ -173,7 +173,7 @@ class Parser:
             keys.append(SortKey(expr, descending))
             if not self._comma():
                 break
-        return Sort(keyword.start, self.lexer.pos, tuple(keys))
+        return Sort(keyword.start, self.lexer.consumed_to, tuple(keys))
 
     def _limit(self, keyword: Token) -> Limit:
         token = self.lexer.next()
@@ -184,10 +184,12 @@ class Parser:
         return Limit(keyword.start, token.end, int(token.text))
 
     def _dedup(self, keyword: Token) -> Dedup:
-        return Dedup(keyword.start, self.lexer.pos, tuple(self.field_names()))
+        names = tuple(self.field_names())
+        return Dedup(keyword.start, self.lexer.consumed_to, names)
 
     def _display(self, keyword: Token) -> Display:
-        return Display(keyword.start, self.lexer.pos, tuple(self.field_names()))
+        names = tuple(self.field_names())
+        return Display(keyword.start, self.lexer.consumed_to, names)
 
     def _parse(self, keyword: Token) -> Parse:
         source = "@message"
@@ -207,7 +209,7 @@ class Parser:
                     token.start,
                 )
             groups = tuple((name, number) for number, name in enumerate(names, start=1))
-            return Parse(keyword.start, self.lexer.pos, source, pattern, groups)
+            return Parse(keyword.start, self.lexer.consumed_to, source, pattern, groups)
         if token.is_op("/"):
             regex = self.lexer.regex()
             pattern = self.compile_regex(regex, named_groups=True)
