@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -238,13 +239,16 @@ def _run_cloudwatch(args: argparse.Namespace, settings: Settings, text: str) -> 
 
 
 def _print(output: str, columns: list[str], rows: list[dict[str, str]]) -> None:
-    if output == "json":
-        sys.stdout.write(render_json(columns, rows))
-    elif rows:
-        sys.stdout.write(render_table(columns, rows))
-    else:
+    if output == "table" and not rows:
         print("flowlog: no results", file=sys.stderr)
-    sys.stdout.flush()
+        return
+    text = render_json(columns, rows) if output == "json" else render_table(columns, rows)
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader (head, less) has seen enough; that is not an error.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _list_saved(output: str) -> int:
