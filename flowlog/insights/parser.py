@@ -81,7 +81,7 @@ INSIGHTS_ONLY_COMMANDS = frozenset(
 KEYWORDS = frozenset(("and", "or", "not", "like", "in", "as", "by", "asc", "desc"))
 COMPARISON_OPERATORS = ("=", "!=", "<", "<=", ">", ">=")
 MAX_STATS_COMMANDS = 2  # Insights' limit: a second stats aggregates the first one's rows
-# "sort x" without a direction sorts descending, as Insights does.
+# "sort x" without a direction sorts descending: the default moto models for Insights.
 DEFAULT_DESCENDING = True
 
 

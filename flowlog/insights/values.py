@@ -2,8 +2,8 @@
 
 A value is ``None`` (the field is missing), a ``str``, an ``int`` or ``float``
 (JSON numbers, arithmetic), a ``bool`` (comparisons; printed and counted as
-1 and 0, as Insights shows JSON booleans) or a ``Timestamp`` (milliseconds
-since the epoch, printed as ``2023-05-30 16:05:32.573``).
+1 and 0) or a ``Timestamp`` (milliseconds since the epoch, printed as
+``2023-05-30 16:05:32.573``).
 
 Typing follows the documented behaviour and fills the gaps consistently:
 
