@@ -1,0 +1,419 @@
+"""The data plane's lifecycle: load, keep policies and veths in step, close.
+
+``load()`` compiles and pins the programs, reads every PolicyEndpoint file
+in ``--policy-dir``, programs the maps and attaches the programs to the pods'
+veths. ``run()`` then follows the policy directory (watchfiles) and the node's
+links (netlink link events) until cancelled. ``close()`` detaches and unpins
+everything, unless ``--keep-programs`` leaves enforcement in place.
+
+Which veths carry the programs: in standard mode, those of pods some policy
+selects (other pods allow everything and produce no events); in strict mode,
+every ``eni*`` veth, denying by default until its pod's policies arrive.
+
+A pod's rules are written under a fresh ``rules_id`` and switched to with one
+update of its endpoint entry, so a policy change takes effect atomically per
+pod; conntrack is left alone, so established flows carry on.
+
+Restarting over the pins of an agent that stopped with ``--keep-programs``:
+the new load opens the pinned conntrack again (established flows stay), loads
+new programs and maps, replaces the filters on every veth in one step each,
+detaches flowlog filters from veths that no longer need them, and replaces
+the other pins; the old programs and maps are freed by the kernel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import ctypes
+import logging
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import watchfiles
+
+from flowlog.config import ConfigError, Settings
+from flowlog.dataplane import maps, metrics
+from flowlog.dataplane.attribution import ENDPOINT, POLICY, Attribution
+from flowlog.dataplane.compiler import (
+    CompileError,
+    DirectionRules,
+    PodKey,
+    PodRules,
+    compile_pods,
+)
+from flowlog.dataplane.links import Links, LinkWatcher
+from flowlog.dataplane.naming import host_veth_name
+from flowlog.dataplane.policy import (
+    EGRESS,
+    INGRESS,
+    PolicyEndpoint,
+    PolicyError,
+    is_policy_file,
+    parse_bytes,
+)
+from flowlog.dataplane.programs import RINGBUF_MAP, LoadedPrograms, PinLayout
+
+log = logging.getLogger(__name__)
+
+STRICT = "strict"
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class _Programmed:
+    """What the maps hold for one veth."""
+
+    pod: PodKey
+    rules: PodRules
+    rules_id: int
+
+
+class Dataplane:
+    """flowlog's tc programs, their maps, and the veths they are attached to.
+
+    ``netns`` names the network namespace that holds the pods' veths (the
+    tests' "node"); by default it is the agent's own.
+    """
+
+    def __init__(self, settings: Settings, netns: str | None = None) -> None:
+        self.settings = settings
+        self.netns = netns
+        self.attribution = Attribution(on_added=self._publish_name)
+        self.pins = PinLayout(Path(settings.bpf_pin_dir))
+        self.strict = settings.enforcing_mode == STRICT
+        self.policy_dir = Path(settings.policy_dir) if settings.policy_dir else None
+        self.last_policy_error = ""
+        self.rejected_files: dict[str, str] = {}  # file -> why its latest version was rejected
+        self._programs: LoadedPrograms | None = None
+        self._seen: dict[str, bytes | str] = {}  # file -> latest content read, or why not
+        self._in_force: dict[str, list[PolicyEndpoint]] = {}  # file -> documents in force
+        self._pods: dict[PodKey, PodRules] = {}
+        self._veths: dict[int, str] = {}  # ifindex -> name of every pod veth
+        self._attached: set[int] = set()
+        self._programmed: dict[int, _Programmed] = {}
+        self._last_rules_id = 0
+        self._closed = False
+
+    # --- the interface the agent uses ------------------------------------------
+
+    def load(self) -> None:
+        """Compile, load, pin, program every policy and attach to existing veths."""
+        if self.policy_dir is not None:
+            self._check_policy_dir()
+            self._sync_policies(at_start=True)
+        self._programs = LoadedPrograms(self.pins, self.settings.ringbuf_size)
+        programs = self._programs
+        for number, name in self.attribution.policies.items():
+            self._publish_name(POLICY, number, name)
+        programs.settings.update(ctypes.c_uint32(maps.SETTING_STRICT), ctypes.c_uint32(self.strict))
+        self.set_event_logging(self.settings.enable_policy_event_logs)
+        programs.pin()
+        self._blocking(self._adopt_and_reconcile)
+        log.info(
+            "data plane loaded: %d policies, %d pods attached (%s mode), pinned under %s",
+            len(self._policies()),
+            len(self._attached),
+            self.settings.enforcing_mode,
+            self.pins.root,
+        )
+
+    @property
+    def ringbuf_fd(self) -> int:
+        return self._loaded().map_fds[RINGBUF_MAP]
+
+    @property
+    def ringbuf_size(self) -> int:
+        return self._loaded().ringbuf_size
+
+    def lost_events(self) -> int:
+        counts = self._loaded().lost.lookup(ctypes.c_uint32(maps.LOST_POLICY_EVENTS))
+        return sum(counts) if counts is not None else 0
+
+    def set_event_logging(self, enabled: bool) -> None:
+        self._loaded().settings.update(
+            ctypes.c_uint32(maps.SETTING_EMIT_EVENTS), ctypes.c_uint32(enabled)
+        )
+
+    async def run(self) -> None:
+        """Follow the policy directory and the links until cancelled."""
+        async with Links(self.netns) as links, LinkWatcher(self.netns) as watcher:
+            # Catch up on what changed between load() and the start of watching.
+            if self.policy_dir is not None:
+                self._sync_policies()
+            await self._reconcile(links)
+            tasks = [self._follow_links(links, watcher)]
+            if self.policy_dir is not None:
+                tasks.append(self._follow_policies(links))
+            await asyncio.gather(*tasks)
+
+    def close(self) -> None:
+        """Detach and unpin everything, unless settings.keep_programs."""
+        if self._closed or self._programs is None:
+            return
+        self._closed = True
+        if self.settings.keep_programs:
+            log.info("leaving programs attached and pinned under %s", self.pins.root)
+        else:
+            self._blocking(self._detach_all)
+            self.pins.remove()
+        self._programs.close()
+        metrics.PODS_ATTACHED.set(0)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "enforcing_mode": self.settings.enforcing_mode,
+            "pin_dir": str(self.pins.root),
+            "attached": {
+                self._veths.get(ifindex, str(ifindex)): self._pod_label(ifindex)
+                for ifindex in sorted(self._attached)
+            },
+            "programmed_pods": sorted(f"{ns}/{name}" for ns, name in self._pods),
+            "policies": len(self._policies()),
+            "policy_files": sorted(self._in_force),
+            "rejected_files": dict(self.rejected_files),
+            "last_policy_error": self.last_policy_error,
+        }
+
+    # --- policies --------------------------------------------------------------
+
+    def _check_policy_dir(self) -> None:
+        directory = self.policy_dir
+        if directory is None:
+            return
+        if not directory.exists():
+            raise ConfigError(f"--policy-dir {directory}: does not exist")
+        if not directory.is_dir():
+            raise ConfigError(f"--policy-dir {directory}: not a directory")
+
+    def _scan(self) -> dict[str, bytes | PolicyError]:
+        assert self.policy_dir is not None
+        found: dict[str, bytes | PolicyError] = {}
+        try:
+            paths = sorted(self.policy_dir.iterdir())
+        except OSError as error:
+            problem = f"--policy-dir {self.policy_dir}: cannot list: {error.strerror}"
+            raise PolicyError(problem) from None
+        for path in paths:
+            if not is_policy_file(path) or not path.is_file():
+                continue
+            try:
+                found[str(path)] = path.read_bytes()
+            except OSError as error:
+                found[str(path)] = PolicyError(f"{path}: cannot read: {error.strerror}")
+        return found
+
+    def _sync_policies(self, at_start: bool = False) -> bool:
+        """Bring the policies in force up to date with the directory; True if they changed.
+
+        Each new or changed file is accepted or rejected on its own; a rejected
+        file's earlier version (if any) stays in force. At start, the first
+        problem raises ConfigError instead.
+        """
+        try:
+            current = self._scan()
+            for name in set(self._seen) - set(current):
+                del self._seen[name]
+                self.rejected_files.pop(name, None)
+            in_force = {name: docs for name, docs in self._in_force.items() if name in current}
+            changed = in_force.keys() != self._in_force.keys()
+            pods = self._compile(in_force, blame="") if changed else self._pods
+        except PolicyError as error:
+            if at_start:
+                raise ConfigError(str(error)) from None
+            self._report(str(error))
+            return False
+        for name, content in current.items():
+            version = content if isinstance(content, bytes) else str(content)
+            if self._seen.get(name) == version:
+                continue  # unchanged, accepted or already reported
+            self._seen[name] = version
+            try:
+                if isinstance(content, PolicyError):
+                    raise content
+                candidate = {**in_force, name: parse_bytes(content, name)}
+                pods = self._compile(candidate, blame=name)
+            except PolicyError as error:
+                if at_start:
+                    raise ConfigError(str(error)) from None
+                self._reject(name, str(error))
+                continue
+            in_force = candidate
+            self.rejected_files.pop(name, None)
+            changed = True
+        if changed:
+            self._in_force, self._pods = in_force, pods
+            metrics.POLICIES_LOADED.set(len(self._policies()))
+        return changed
+
+    def _compile(
+        self, files: dict[str, list[PolicyEndpoint]], blame: str
+    ) -> dict[PodKey, PodRules]:
+        endpoints = [endpoint for documents in files.values() for endpoint in documents]
+        try:
+            return compile_pods(endpoints, lambda ref: self.attribution.policy_id(*ref))
+        except CompileError as error:
+            raise PolicyError(f"{blame}: {error}" if blame else str(error)) from None
+
+    def _reject(self, name: str, error: str) -> None:
+        metrics.POLICY_FILES_REJECTED.inc()
+        self.rejected_files[name] = error
+        self._report(f"{error} (the rules in force stay in force)")
+
+    def _report(self, error: str) -> None:
+        if error != self.last_policy_error:  # a recurring problem is logged once
+            log.error("%s", error)
+        self.last_policy_error = error
+
+    def _policies(self) -> set[tuple[str, str]]:
+        return {doc.policy for docs in self._in_force.values() for doc in docs}
+
+    async def _follow_policies(self, links: Links) -> None:
+        assert self.policy_dir is not None
+        async for _ in watchfiles.awatch(self.policy_dir, watch_filter=None):
+            # Reading the whole directory also covers ConfigMap volumes,
+            # whose files change by a symlink swap.
+            if self._sync_policies():
+                await self._reconcile(links)
+
+    # --- veths -----------------------------------------------------------------
+
+    async def _follow_links(self, links: Links, watcher: LinkWatcher) -> None:
+        async for event in watcher:
+            known = event.ifindex in self._veths or event.ifindex in self._attached
+            if event.added or known:
+                await self._reconcile(links)
+
+    async def _adopt_and_reconcile(self, links: Links) -> None:
+        # Veths a previous agent left programs on are ours to replace or remove.
+        self._attached.update(a.ifindex for a in await links.attachments())
+        await self._reconcile(links)
+
+    async def _reconcile(self, links: Links) -> None:
+        """Attach, program, detach until the kernel matches the policies and veths."""
+        programs = self._loaded()
+        self._veths = await links.pod_veths()
+        pods_by_veth = {host_veth_name(ns, name): (ns, name) for ns, name in self._pods}
+        wanted: dict[int, PodKey | None] = {}
+        for ifindex, name in self._veths.items():
+            pod = pods_by_veth.get(name)
+            if pod is not None or self.strict:
+                wanted[ifindex] = pod
+        for ifindex in sorted(self._attached - wanted.keys()):
+            await links.detach(ifindex)
+            self._attached.discard(ifindex)
+        for ifindex in list(self._programmed):
+            if wanted.get(ifindex) is None:
+                self._unprogram(ifindex)
+        for ifindex, pod in wanted.items():
+            try:
+                if pod is not None:
+                    self._program(ifindex, pod)
+                if ifindex not in self._attached:
+                    await links.attach(ifindex, programs.program_fds)
+                    self._attached.add(ifindex)
+            except OSError as error:
+                self._report(f"{self._veths[ifindex]}: cannot program or attach: {error}")
+        metrics.PODS_ATTACHED.set(len(self._attached))
+
+    async def _detach_all(self, links: Links) -> None:
+        attached = self._attached | {a.ifindex for a in await links.attachments()}
+        for ifindex in sorted(attached):
+            await links.detach(ifindex)
+        self._attached.clear()
+
+    # --- maps ------------------------------------------------------------------
+
+    def _program(self, ifindex: int, pod: PodKey) -> None:
+        rules = self._pods[pod]
+        previous = self._programmed.get(ifindex)
+        if previous is not None and previous.pod == pod and previous.rules == rules:
+            return
+        programs = self._loaded()
+        self._last_rules_id += 1
+        rules_id = self._last_rules_id
+        for direction in (INGRESS, EGRESS):
+            for key, value in _rule_entries(rules_id, rules.direction(direction)):
+                programs.rules[direction].update(key, value)
+        namespace, name = pod
+        programs.endpoints.update(
+            ctypes.c_uint32(ifindex),
+            maps.Endpoint(
+                endpoint_id=self.attribution.endpoint_id(name, namespace),
+                flags=_isolation_flags(rules),
+                rules_id=rules_id,
+                ingress_policy_id=rules.ingress.isolated_by,
+                egress_policy_id=rules.egress.isolated_by,
+            ),
+        )
+        if previous is not None:
+            self._delete_rules(previous)
+        self._programmed[ifindex] = _Programmed(pod, rules, rules_id)
+
+    def _unprogram(self, ifindex: int) -> None:
+        programs = self._loaded()
+        programs.endpoints.delete(ctypes.c_uint32(ifindex))
+        self._delete_rules(self._programmed.pop(ifindex))
+
+    def _delete_rules(self, programmed: _Programmed) -> None:
+        programs = self._loaded()
+        for direction in (INGRESS, EGRESS):
+            for key, _ in _rule_entries(programmed.rules_id, programmed.rules.direction(direction)):
+                programs.rules[direction].delete(key)
+
+    def _publish_name(self, kind: str, number: int, name: tuple[str, str]) -> None:
+        if self._programs is None:
+            return  # published by load() once the maps exist
+        table = self._programs.pod_names if kind == ENDPOINT else self._programs.policy_names
+        object_name, namespace = name
+        table.update(
+            ctypes.c_uint32(number),
+            maps.ObjectName(namespace=namespace.encode()[:63], name=object_name.encode()[:255]),
+        )
+
+    def _pod_label(self, ifindex: int) -> str | None:
+        programmed = self._programmed.get(ifindex)
+        return "/".join(programmed.pod) if programmed else None
+
+    def _loaded(self) -> LoadedPrograms:
+        if self._programs is None:
+            raise RuntimeError("Dataplane.load() has not run")
+        return self._programs
+
+    def _blocking(self, work: Callable[[Links], Awaitable[_T]]) -> _T:
+        """Run netlink work to completion from synchronous code, even inside an event loop."""
+
+        async def with_links() -> _T:
+            async with Links(self.netns) as links:
+                return await work(links)
+
+        with concurrent.futures.ThreadPoolExecutor(1, "flowlog-netlink") as executor:
+            return executor.submit(asyncio.run, with_links()).result()
+
+
+def _isolation_flags(rules: PodRules) -> int:
+    flags = 0
+    if rules.ingress.isolated_by:
+        flags |= maps.ENDPOINT_INGRESS_ISOLATED
+    if rules.egress.isolated_by:
+        flags |= maps.ENDPOINT_EGRESS_ISOLATED
+    return flags
+
+
+def _rule_entries(
+    rules_id: int, rules: DirectionRules
+) -> Iterator[tuple[maps.RuleKey, maps.RuleValue]]:
+    for prefix, entries in rules.prefixes.items():
+        key = maps.RuleKey(prefixlen=maps.RULES_ID_BITS + prefix.length, rules_id=rules_id)
+        key.ip[:] = prefix.address
+        value = maps.RuleValue(count=len(entries))
+        for slot, entry in enumerate(entries):
+            value.ports[slot] = maps.PortRule(
+                policy_id=entry.policy_id,
+                port=entry.port,
+                end_port=entry.end_port,
+                protocol=entry.protocol,
+            )
+        yield key, value

@@ -1,0 +1,201 @@
+"""Compiling and loading the tc programs with bcc, and pinning them and their maps.
+
+Pin layout under ``--bpf-pin-dir`` (default ``/sys/fs/bpf/flowlog``)::
+
+    progs/handle_ingress   traffic into pods (on each veth's tc egress hook)
+    progs/handle_egress    traffic out of pods (on each veth's tc ingress hook)
+    maps/endpoints         ifindex -> struct endpoint
+    maps/ingress_rules     LPM trie struct rule_key -> struct rule_value
+    maps/egress_rules      the same, for traffic out of pods
+    maps/conntrack         LRU struct flow_key -> struct flow_state
+    maps/policy_events     RINGBUF of struct flow_event (the agent's)
+    maps/tap_events        RINGBUF of struct flow_event (flowlog ebpf events)
+    maps/ringbuf_lost      PERCPU_ARRAY u64: events the ring buffers could not take
+    maps/settings          ARRAY of __u32 switches (SETTING_* slots)
+    maps/pod_names         endpoint_id -> struct object_name (for other processes)
+    maps/policy_names      policy_id -> struct object_name
+
+A new load replaces every pin but ``maps/conntrack``, which bcc opens again
+when its key and value sizes still match, so that flows established under a
+previous agent (one that stopped with ``--keep-programs``) stay established.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import mmap
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import bcc
+
+from flowlog import bpf_syscall
+from flowlog.config import ConfigError
+from flowlog.dataplane import maps
+from flowlog.dataplane.policy import EGRESS, INGRESS
+
+PROGRAM_SOURCE = "tc_policy.c"
+INGRESS_PROGRAM = "handle_ingress"
+EGRESS_PROGRAM = "handle_egress"
+PROGRAMS = (INGRESS_PROGRAM, EGRESS_PROGRAM)
+MAP_NAMES = (
+    "endpoints",
+    "ingress_rules",
+    "egress_rules",
+    "conntrack",
+    "policy_events",
+    "tap_events",
+    "ringbuf_lost",
+    "settings",
+    "pod_names",
+    "policy_names",
+)
+RINGBUF_MAP = "policy_events"
+TAP_MAP = "tap_events"
+CONNTRACK_MAP = "conntrack"
+CONNTRACK_ENTRIES = 262144
+TAP_SIZE = 256 * 1024
+BPF_FS_TYPE = "bpf"
+
+
+def bpf_source_dir() -> Path:
+    """``$FLOWLOG_BPF_DIR``, else the repository's ``bpf/`` next to the package."""
+    configured = os.environ.get("FLOWLOG_BPF_DIR")
+    if configured:
+        return Path(configured)
+    return Path(__file__).resolve().parents[2] / "bpf"
+
+
+@dataclass(frozen=True)
+class PinLayout:
+    root: Path
+
+    @property
+    def progs(self) -> Path:
+        return self.root / "progs"
+
+    @property
+    def maps(self) -> Path:
+        return self.root / "maps"
+
+    def prog(self, name: str) -> Path:
+        return self.progs / name
+
+    def map(self, name: str) -> Path:
+        return self.maps / name
+
+    def exists(self) -> bool:
+        return self.progs.is_dir() or self.maps.is_dir()
+
+    def remove(self) -> None:
+        """Unpin everything flowlog pinned here (the kernel frees what nothing else holds)."""
+        for directory, names in ((self.progs, PROGRAMS), (self.maps, MAP_NAMES)):
+            for name in names:
+                with contextlib.suppress(FileNotFoundError):
+                    (directory / name).unlink()
+            with contextlib.suppress(FileNotFoundError, OSError):
+                directory.rmdir()
+        with contextlib.suppress(FileNotFoundError, OSError):
+            self.root.rmdir()
+
+
+def check_bpf_filesystem(path: Path) -> None:
+    """Raise ConfigError unless ``path`` lies on a mounted BPF filesystem."""
+    target = str(path.resolve())
+    best, fstype = "", ""
+    with open("/proc/self/mounts") as mounts:
+        for line in mounts:
+            _, mount_point, kind = line.split()[:3]
+            inside = target == mount_point or target.startswith(mount_point.rstrip("/") + "/")
+            if inside and len(mount_point) >= len(best):
+                best, fstype = mount_point, kind
+    if fstype != BPF_FS_TYPE:
+        raise ConfigError(
+            f"--bpf-pin-dir {path}: not on a BPF filesystem "
+            "(mount one with: mount -t bpf bpffs /sys/fs/bpf)"
+        )
+
+
+def check_ringbuf_size(size: int) -> None:
+    if size < mmap.PAGESIZE or size & (size - 1):
+        raise ConfigError(
+            f"--ringbuf-size: expected a power of two of at least {mmap.PAGESIZE}, got {size}"
+        )
+
+
+def _drop_incompatible_conntrack(path: Path) -> None:
+    """Remove a pinned conntrack another flowlog version left with another layout."""
+    if not path.exists():
+        return
+    fd = bpf_syscall.obj_get(str(path))
+    try:
+        info = bpf_syscall.map_info(fd)
+    finally:
+        os.close(fd)
+    expected = (
+        ctypes.sizeof(maps.FlowKey),
+        ctypes.sizeof(maps.FlowState),
+        CONNTRACK_ENTRIES,
+    )
+    if (info.key_size, info.value_size, info.max_entries) != expected:
+        path.unlink()
+
+
+class LoadedPrograms:
+    """The programs and maps of one load, open in this process."""
+
+    def __init__(self, pins: PinLayout, ringbuf_size: int) -> None:
+        check_ringbuf_size(ringbuf_size)
+        check_bpf_filesystem(pins.root)
+        pins.maps.mkdir(parents=True, exist_ok=True)
+        pins.progs.mkdir(parents=True, exist_ok=True)
+        _drop_incompatible_conntrack(pins.map(CONNTRACK_MAP))
+        source = bpf_source_dir()
+        cflags = [
+            f"-I{source}",
+            f"-DRINGBUF_PAGES={ringbuf_size // mmap.PAGESIZE}",
+            f"-DTAP_PAGES={TAP_SIZE // mmap.PAGESIZE}",
+            f"-DCONNTRACK_ENTRIES={CONNTRACK_ENTRIES}",
+            f'-DCONNTRACK_PIN="{pins.map(CONNTRACK_MAP)}"',
+        ]
+        self.pins = pins
+        self.ringbuf_size = ringbuf_size
+        self._bpf = bcc.BPF(src_file=str(source / PROGRAM_SOURCE).encode(), cflags=cflags)
+        self.program_fds = {
+            name: self._bpf.load_func(name.encode(), bcc.BPF.SCHED_CLS).fd for name in PROGRAMS
+        }
+        self.map_fds = {name: self._bpf[name.encode()].map_fd for name in MAP_NAMES}
+        self.endpoints = maps.BpfMap(self.map_fds["endpoints"], ctypes.c_uint32, maps.Endpoint)
+        self.rules = {
+            direction: maps.BpfMap(self.map_fds[name], maps.RuleKey, maps.RuleValue)
+            for direction, name in ((INGRESS, "ingress_rules"), (EGRESS, "egress_rules"))
+        }
+        self.conntrack = maps.BpfMap(self.map_fds[CONNTRACK_MAP], maps.FlowKey, maps.FlowState)
+        self.settings = maps.BpfMap(self.map_fds["settings"], ctypes.c_uint32, ctypes.c_uint32)
+        self.pod_names = maps.BpfMap(self.map_fds["pod_names"], ctypes.c_uint32, maps.ObjectName)
+        self.policy_names = maps.BpfMap(
+            self.map_fds["policy_names"], ctypes.c_uint32, maps.ObjectName
+        )
+        self.lost = maps.BpfMap(
+            self.map_fds["ringbuf_lost"], ctypes.c_uint32, ctypes.c_uint64, per_cpu=True
+        )
+
+    def pin(self) -> None:
+        """Pin programs and maps, replacing what an earlier load left."""
+        for name, fd in self.program_fds.items():
+            _replace_pin(fd, self.pins.prog(name))
+        for name, fd in self.map_fds.items():
+            if name != CONNTRACK_MAP:  # bcc pinned it, or opened the one already there
+                _replace_pin(fd, self.pins.map(name))
+
+    def close(self) -> None:
+        """Close this process's references; pinned and attached objects live on."""
+        self._bpf.cleanup()
+
+
+def _replace_pin(fd: int, path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    bpf_syscall.obj_pin(fd, str(path))
