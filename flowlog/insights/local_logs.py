@@ -24,6 +24,7 @@ import orjson
 
 from flowlog.config import ConfigError
 from flowlog.insights.values import parse_timestamp
+from flowlog.logfile import BACKUP_TIME_FORMAT, list_backups
 
 GZIP_MAGIC = b"\x1f\x8b"
 # Every flow-log line starts so, and its 24-character timestamp follows at offset 30.
@@ -41,22 +42,13 @@ def backup_closed_at(path: Path) -> int | None:
     match = BACKUP_TIME.search(path.name)
     if not match:
         return None
-    seconds = calendar.timegm(time.strptime(match.group(1), "%Y-%m-%dT%H-%M-%S"))
+    seconds = calendar.timegm(time.strptime(match.group(1), BACKUP_TIME_FORMAT))
     return seconds * 1000 + int(match.group(2))
 
 
 def live_log_and_backups(live: Path) -> list[Path]:
-    """The live flow log and its rotated backups, oldest first."""
-    pattern = re.compile(
-        re.escape(live.stem)
-        + r"-\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}\.\d{3}"
-        + re.escape(live.suffix)
-        + r"(\.gz)?"
-    )
-    try:
-        backups = sorted(p for p in live.parent.iterdir() if pattern.fullmatch(p.name))
-    except OSError:
-        backups = []
+    """The live flow log and its rotated backups, oldest first, each backup once."""
+    backups = [backup.path for backup in list_backups(live)]
     return [*backups, live] if live.exists() else backups
 
 

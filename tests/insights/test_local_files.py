@@ -190,3 +190,20 @@ def test_time_flags(flowlog, flow_logs):
         "json",
     )
     assert everything.json() == [{"n": str(len(records) - 4000)}]
+
+
+def test_a_backup_caught_while_being_compressed_is_read_once(flowlog, tmp_path):
+    """Rotation gzips a backup beside it, then removes the plain one: both may exist."""
+    records = generate_records(40)
+    stamp = backup_stamp(timestamp_ms(records[19]) + 1)
+    plain = tmp_path / f"network-policy-agent-{stamp}.log"
+    plain.write_bytes(lines(records[:20]))
+    (tmp_path / f"{plain.name}.gz").write_bytes(gzip.compress(lines(records[:20]))[:30])
+    live = tmp_path / "network-policy-agent.log"
+    live.write_bytes(lines(records[20:]))
+    outcome = flowlog(
+        "query", "--local", "stats count(*) as n", "--log-file", live, "--output", "json"
+    )
+    assert outcome.status == 0, outcome.stderr
+    assert outcome.json() == [{"n": "40"}]
+    assert outcome.stderr == ""
