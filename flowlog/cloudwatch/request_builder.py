@@ -1,0 +1,479 @@
+"""PutLogEvents request bodies built from whole blocks of flow-log lines.
+
+No Python code runs per event on the common path, and botocore never
+serialises the events (about 5 µs per event): a block of lines becomes a
+*segment* in bulk, and full batches are cut from segments and turned into
+request bodies with a few bytes operations.
+
+* Line boundaries come from one numpy scan for newlines.
+* Every flow-log line carries its timestamp at the same offset, 24 characters
+  long, so the timestamps of a whole block are checked and turned into epoch
+  milliseconds with array arithmetic. Lines in another format fall back to
+  orjson one by one (and, without a readable time, to the time they were read).
+* The block is escaped for JSON in one call: its newlines become DEL bytes,
+  which orjson leaves as they are, and orjson escapes the block as a single
+  string. A block that holds a backslash, a DEL or an oversized line is
+  escaped line by line instead, its lines joined by newline bytes (which
+  orjson never leaves in a string).
+* A request body is the batch's escaped lines with each line end replaced by
+  a fixed-width event separator, ``"},{"timestamp":0000000000000,"message":"``;
+  the 13 digits of every event are then written in place with one numpy
+  assignment through a strided view of the body.
+
+Each message is exactly the line without its newline, so Logs Insights
+discovers every JSON field. Batches keep every limit of ``limits``: at most
+10,000 events and 1,048,576 bytes counting 26 per event, chronological order
+(a batch ends where timestamps go backwards), at most 24 hours spanned. Lines
+CloudWatch would refuse (too old, too far ahead, empty) are counted and left
+out; a line over the event size limit is cut short with a marker and counted.
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+from collections import deque
+from dataclasses import dataclass
+from itertools import pairwise
+
+import numpy as np
+import orjson
+
+from flowlog.cloudwatch import metrics
+from flowlog.cloudwatch.limits import (
+    EVENT_OVERHEAD_BYTES,
+    MAX_BATCH_BYTES,
+    MAX_BATCH_EVENTS,
+    MAX_BATCH_SPAN_MS,
+    MAX_EVENT_AGE_MS,
+    MAX_EVENT_LEAD_MS,
+    MAX_MESSAGE_BYTES,
+)
+from flowlog.cloudwatch.tail import Block, LogFile, Position
+from flowlog.format import HEAD as LINE_HEAD
+
+NEWLINE = ord("\n")
+# Marks line ends through orjson's escaping of a whole block: valid JSON text as
+# it is (so orjson leaves it alone), one byte (so finding it is a memchr), and
+# absent from flow-log lines.
+FAST_LINE_END = b"\x7f"
+TRUNCATION_MARKER = " [truncated by flowlog]"
+
+# --- timestamps -----------------------------------------------------------------
+
+# The start of every flow-log line, up to and including the quote closing its
+# timestamp; 9 stands for a digit.
+LINE_TEMPLATE = np.frombuffer(LINE_HEAD + b'9999-99-99T99:99:99.999Z"', np.uint8)
+_DIGIT_MARK = ord("9")
+_DIGIT_COLUMNS = np.flatnonzero(LINE_TEMPLATE == _DIGIT_MARK)
+_FIXED_COLUMNS = np.flatnonzero(LINE_TEMPLATE != _DIGIT_MARK)
+# Within the 17 digits: year 4, month 2, day 2, hour 2, minute 2, second 2, millisecond 3.
+_FIELD_WIDTHS = (4, 2, 2, 2, 2, 2, 3)
+_FIELD_LIMITS = ((0, 9999), (1, 12), (1, 31), (0, 23), (0, 59), (0, 59), (0, 999))
+DAY_MS = 86_400_000
+
+
+def _days_from_civil(year: np.ndarray, month: np.ndarray, day: np.ndarray) -> np.ndarray:
+    """Days since 1970-01-01 of proleptic Gregorian dates (Howard Hinnant's algorithm)."""
+    year = year - (month <= 2)
+    era = year // 400
+    year_of_era = year - era * 400
+    day_of_year = (153 * (month + np.where(month > 2, -3, 9)) + 2) // 5 + day - 1
+    day_of_era = year_of_era * 365 + year_of_era // 4 - year_of_era // 100 + day_of_year
+    return era * 146_097 + day_of_era - 719_468
+
+
+def parse_timestamps(
+    buffer: np.ndarray, starts: np.ndarray, lengths: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Epoch milliseconds of the flow-log lines at ``starts``, and which ones parsed.
+
+    A line parses when it starts like every flow-log line does, with a valid
+    ``YYYY-MM-DDTHH:MM:SS.mmmZ`` timestamp; for the others the time is 0.
+    """
+    width = len(LINE_TEMPLATE)
+    count = len(starts)
+    if len(buffer) < width or count == 0:
+        return np.zeros(count, np.int64), np.zeros(count, bool)
+    fits = (lengths >= width) & (starts + width <= len(buffer))
+    windows = np.lib.stride_tricks.as_strided(buffer, (len(buffer) - width + 1, width), (1, 1))
+    rows = windows[np.where(fits, starts, 0)]
+    parsed = fits & (rows[:, _FIXED_COLUMNS] == LINE_TEMPLATE[_FIXED_COLUMNS]).all(axis=1)
+    digits = rows[:, _DIGIT_COLUMNS].astype(np.int64) - ord("0")
+    parsed &= ((digits >= 0) & (digits <= 9)).all(axis=1)
+    fields = []
+    column = 0
+    for field_width, (low, high) in zip(_FIELD_WIDTHS, _FIELD_LIMITS, strict=True):
+        value = digits[:, column]
+        for next_column in range(column + 1, column + field_width):
+            value = value * 10 + digits[:, next_column]
+        parsed &= (value >= low) & (value <= high)
+        fields.append(value)
+        column += field_width
+    year, month, day, hour, minute, second, millisecond = fields
+    days = _days_from_civil(year, month, day)
+    epoch_ms = days * DAY_MS + ((hour * 60 + minute) * 60 + second) * 1000 + millisecond
+    return np.where(parsed, epoch_ms, 0), parsed
+
+
+def timestamp_of_line(line: bytes) -> int | None:
+    """The epoch milliseconds of one JSON line in another format, if it has a time at all.
+
+    Accepts ``timestamp`` or ``ts``, as RFC 3339 text or as epoch seconds.
+    """
+    try:
+        document = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(document, dict):
+        return None
+    value = document.get("timestamp", document.get("ts"))
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return round(value * 1000)
+    if isinstance(value, str):
+        try:
+            moment = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=datetime.UTC)
+        return round(moment.timestamp() * 1000)
+    return None
+
+
+# --- segments: blocks prepared for cutting into batches --------------------------
+
+
+@dataclass
+class Segment:
+    """The sendable events of one block, escaped and measured (arrays per event)."""
+
+    file: LogFile
+    end: int  # file offset after the block
+    escaped: bytes  # every line of the block, JSON-escaped, each followed by ``line_end``
+    line_end: bytes  # one byte
+    escaped_starts: np.ndarray
+    escaped_ends: np.ndarray
+    timestamps: np.ndarray  # epoch ms
+    cumulative_bytes: np.ndarray  # len + 1: bytes of events [i, j) = c[j] - c[i], 26 each included
+    positions: np.ndarray  # file offset after each event's line
+    breaks: np.ndarray  # indexes where the time goes backwards
+    read_at: float  # time.monotonic() when prepared
+    cursor: int = 0  # first event not yet cut into a batch
+
+    @property
+    def count(self) -> int:
+        return len(self.timestamps)
+
+    def cut_end(self, start: int, events_left: int, bytes_left: int, first_ms: int) -> int:
+        """The end of the longest run from ``start`` that keeps every limit."""
+        by_count = start + events_left
+        by_bytes = (
+            int(
+                np.searchsorted(
+                    self.cumulative_bytes, self.cumulative_bytes[start] + bytes_left, side="right"
+                )
+            )
+            - 1
+        )
+        next_break = int(np.searchsorted(self.breaks, start, side="right"))
+        by_order = int(self.breaks[next_break]) if next_break < len(self.breaks) else self.count
+        by_span = start + int(
+            np.searchsorted(
+                self.timestamps[start:by_order], first_ms + MAX_BATCH_SPAN_MS, side="right"
+            )
+        )
+        return min(by_count, by_bytes, by_order, by_span)
+
+
+def _escape_block(messages: bytes) -> tuple[bytes, np.ndarray] | None:
+    """orjson's escaping of the whole block with its newlines marked by DEL, and where
+    the marks are; None if a backslash or a DEL in the block makes that ambiguous."""
+    if b"\\" in messages or FAST_LINE_END in messages:
+        return None
+    escaped = orjson.dumps(messages.replace(b"\n", FAST_LINE_END).decode())
+    return escaped, np.flatnonzero(np.frombuffer(escaped, np.uint8) == FAST_LINE_END[0])
+
+
+def _escape_lines(
+    messages: bytes, starts: np.ndarray, lengths: np.ndarray
+) -> tuple[bytes, np.ndarray, np.ndarray]:
+    """The slow path: line by line, cutting oversized lines short. Returns the
+    escaped lines (each followed by a newline byte), where those newlines are,
+    and the message sizes."""
+    pieces = []
+    sizes = lengths.copy()
+    for index, (start, length) in enumerate(zip(starts.tolist(), lengths.tolist(), strict=True)):
+        text = messages[start : start + length].decode()
+        if length > MAX_MESSAGE_BYTES:
+            room = MAX_MESSAGE_BYTES - len(TRUNCATION_MARKER.encode())
+            text = text.encode()[:room].decode(errors="ignore") + TRUNCATION_MARKER
+            sizes[index] = len(text.encode())
+        pieces.append(orjson.dumps(text)[1:-1])
+    escaped = b"\n".join(pieces) + b"\n"
+    escaped_lengths = np.fromiter(map(len, pieces), np.int64, len(pieces))
+    return escaped, np.cumsum(escaped_lengths + 1) - 1, sizes
+
+
+def _line_starts(ends: np.ndarray, first: int = 0) -> np.ndarray:
+    starts = np.empty(len(ends), np.int64)
+    if len(ends):
+        starts[0] = first
+        starts[1:] = ends[:-1] + 1
+    return starts
+
+
+def prepare(block: Block, at_ms: int) -> Segment:
+    """Turn a block of complete lines into a segment of sendable events, counting the rest."""
+    raw = block.data
+    newlines = np.flatnonzero(np.frombuffer(raw, np.uint8) == NEWLINE)
+    positions = block.start + newlines + 1
+    positions[-1] = block.end
+    messages = raw
+    if not raw.isascii():
+        try:
+            raw.decode()
+        except UnicodeDecodeError:
+            # Invalid UTF-8 becomes U+FFFD, as CloudWatch needs; newlines stay put.
+            messages = raw.decode(errors="replace").encode()
+            newlines = np.flatnonzero(np.frombuffer(messages, np.uint8) == NEWLINE)
+    starts = _line_starts(newlines)
+    lengths = newlines - starts
+
+    timestamps, parsed = parse_timestamps(np.frombuffer(messages, np.uint8), starts, lengths)
+    if not parsed.all():
+        _timestamp_slowly(messages, starts, lengths, timestamps, parsed, at_ms)
+
+    keep = lengths > 0
+    too_old = timestamps < at_ms - MAX_EVENT_AGE_MS
+    too_new = timestamps > at_ms + MAX_EVENT_LEAD_MS
+    for reason, mask in (
+        ("empty", ~keep),
+        ("too_old", too_old & keep),
+        ("too_new", too_new & keep),
+    ):
+        if skipped := int(np.count_nonzero(mask)):
+            metrics.EVENTS_SKIPPED.labels(reason=reason).inc(skipped)
+    keep &= ~too_old & ~too_new
+
+    oversized = lengths > MAX_MESSAGE_BYTES
+    escaped_block = None if oversized.any() else _escape_block(messages)
+    if escaped_block is not None:
+        escaped, escaped_ends = escaped_block
+        line_end = FAST_LINE_END
+        escaped_starts = _line_starts(escaped_ends, first=1)  # after orjson's opening quote
+        sizes = lengths
+    else:
+        escaped, escaped_ends, sizes = _escape_lines(messages, starts, lengths)
+        line_end = b"\n"
+        escaped_starts = _line_starts(escaped_ends)
+        if truncated := int(np.count_nonzero(oversized & keep)):
+            metrics.EVENTS_TRUNCATED.inc(truncated)
+
+    kept = np.flatnonzero(keep)
+    kept_timestamps = timestamps[kept]
+    cumulative = np.zeros(len(kept) + 1, np.int64)
+    np.cumsum(sizes[kept] + EVENT_OVERHEAD_BYTES, out=cumulative[1:])
+    return Segment(
+        file=block.file,
+        end=block.end,
+        escaped=escaped,
+        line_end=line_end,
+        escaped_starts=escaped_starts[kept],
+        escaped_ends=escaped_ends[kept],
+        timestamps=kept_timestamps,
+        cumulative_bytes=cumulative,
+        positions=positions[kept],
+        breaks=np.flatnonzero(kept_timestamps[1:] < kept_timestamps[:-1]) + 1,
+        read_at=time.monotonic(),
+    )
+
+
+def _timestamp_slowly(
+    messages: bytes,
+    starts: np.ndarray,
+    lengths: np.ndarray,
+    timestamps: np.ndarray,
+    parsed: np.ndarray,
+    at_ms: int,
+) -> None:
+    untimed = 0
+    for index in np.flatnonzero(~parsed & (lengths > 0)).tolist():
+        start = int(starts[index])
+        value = timestamp_of_line(messages[start : start + int(lengths[index])])
+        if value is None:
+            untimed += 1
+            value = at_ms
+        timestamps[index] = value
+    if untimed:
+        metrics.EVENTS_UNTIMED.inc(untimed)
+
+
+# --- batches -------------------------------------------------------------------
+
+TIMESTAMP_DIGITS = 13  # epoch milliseconds from 2001 to 2286; anything else is skipped
+_TIMESTAMP_KEY = b'{"timestamp":'
+EVENT_OPEN = _TIMESTAMP_KEY + b"0" * TIMESTAMP_DIGITS + b',"message":"'
+EVENT_CLOSE = b'"}'
+SEPARATOR = EVENT_CLOSE + b"," + EVENT_OPEN
+BODY_END = EVENT_CLOSE + b"]}"
+_POWERS_OF_TEN = 10 ** np.arange(TIMESTAMP_DIGITS - 1, -1, -1, dtype=np.int64)
+
+
+@dataclass
+class Batch:
+    """One PutLogEvents call, or none (``body`` None) when only skipped lines were covered."""
+
+    body: bytes | None
+    events: int
+    message_bytes: int  # UTF-8 message bytes, without the 26 per event
+    first_ms: int  # the oldest event's time (events are in time order)
+    position: Position  # acknowledging the batch acknowledges everything before this
+    seq: int = 0  # order of cutting, set by the exporter
+
+
+def request_head(log_group: str, log_stream: str) -> bytes:
+    return (
+        b'{"logGroupName":'
+        + orjson.dumps(log_group)
+        + b',"logStreamName":'
+        + orjson.dumps(log_stream)
+        + b',"logEvents":['
+    )
+
+
+def build_body(
+    head: bytes,
+    escaped_runs: list[tuple[bytes, bytes]],
+    timestamps: np.ndarray,
+    escaped_lengths: np.ndarray,
+) -> bytes:
+    """The request body for events whose escaped messages are in ``escaped_runs``:
+    (text, line end) pairs, each text holding whole messages separated by its line end."""
+    body = bytearray(head)
+    body += EVENT_OPEN
+    if len(escaped_runs) == 1:
+        text, line_end = escaped_runs[0]
+        body += text.replace(line_end, SEPARATOR)
+    else:
+        body += SEPARATOR.join(text.replace(end, SEPARATOR) for text, end in escaped_runs)
+    body += BODY_END
+    offsets = (
+        len(head)
+        + len(_TIMESTAMP_KEY)
+        + np.cumsum(escaped_lengths)
+        - escaped_lengths
+        + np.arange(len(timestamps), dtype=np.int64) * len(SEPARATOR)
+    )
+    digits = (timestamps[:, None] // _POWERS_OF_TEN % 10 + ord("0")).astype(np.uint8)
+    view = np.frombuffer(body, np.uint8)
+    windows = np.lib.stride_tricks.as_strided(
+        view, (len(view) - TIMESTAMP_DIGITS + 1, TIMESTAMP_DIGITS), (1, 1)
+    )
+    windows[offsets] = digits
+    return bytes(body)
+
+
+class RequestBuilder:
+    """Pending segments, cut into batches that keep every PutLogEvents limit."""
+
+    def __init__(self, log_group: str, log_stream: str) -> None:
+        self.head = request_head(log_group, log_stream)
+        self._segments: deque[Segment] = deque()
+
+    def add(self, block: Block, at_ms: int | None = None) -> None:
+        at_ms = time.time_ns() // 1_000_000 if at_ms is None else at_ms
+        self._segments.append(prepare(block, at_ms))
+
+    @property
+    def pending_events(self) -> int:
+        return sum(segment.count - segment.cursor for segment in self._segments)
+
+    @property
+    def pending_bytes(self) -> int:
+        """Pending message bytes, 26 per event included (as the limits count them)."""
+        return sum(
+            int(s.cumulative_bytes[s.count] - s.cumulative_bytes[s.cursor]) for s in self._segments
+        )
+
+    @property
+    def oldest_pending(self) -> tuple[float, int] | None:
+        """When the oldest pending event was read (monotonic) and its time (epoch ms)."""
+        for segment in self._segments:
+            if segment.cursor < segment.count:
+                return segment.read_at, int(segment.timestamps[segment.cursor])
+        return None
+
+    @property
+    def has_pending(self) -> bool:
+        return bool(self._segments)
+
+    def complete_batch(self) -> Batch | None:
+        """A batch that a limit or a break in time order has ended; None if the pending
+        events could still grow into a fuller one."""
+        return self._cut(complete_only=True)
+
+    def next_batch(self) -> Batch | None:
+        """A batch of whatever is pending (up to the limits), for a flush."""
+        return self._cut(complete_only=False)
+
+    def _cut(self, complete_only: bool) -> Batch | None:
+        parts: list[tuple[Segment, int, int]] = []
+        events = byte_count = 0
+        first_ms = last_ms = 0
+        position: Position | None = None
+        ended = False
+        for segment in self._segments:
+            start = segment.cursor
+            if start < segment.count:
+                if events and segment.timestamps[start] < last_ms:
+                    ended = True
+                    break
+                if not events:
+                    first_ms = int(segment.timestamps[start])
+                end = segment.cut_end(
+                    start, MAX_BATCH_EVENTS - events, MAX_BATCH_BYTES - byte_count, first_ms
+                )
+                if end > start:
+                    parts.append((segment, start, end))
+                    events += end - start
+                    byte_count += int(
+                        segment.cumulative_bytes[end] - segment.cumulative_bytes[start]
+                    )
+                    last_ms = int(segment.timestamps[end - 1])
+                if end < segment.count:
+                    if end > start:
+                        position = Position(segment.file, int(segment.positions[end - 1]))
+                    ended = True
+                    break
+            position = Position(segment.file, segment.end)
+        if position is None or (complete_only and events and not ended):
+            return None
+        for segment, _, end in parts:
+            segment.cursor = end
+        # Cursors only move forward, so exhausted segments are the ones ``position`` covers.
+        while self._segments and self._segments[0].cursor == self._segments[0].count:
+            self._segments.popleft()
+        if not events:
+            return Batch(None, 0, 0, 0, position)
+        return Batch(
+            self._body(parts),
+            events,
+            byte_count - events * EVENT_OVERHEAD_BYTES,
+            first_ms,
+            position,
+        )
+
+    def _body(self, parts: list[tuple[Segment, int, int]]) -> bytes:
+        runs: list[tuple[bytes, bytes]] = []
+        for segment, start, end in parts:
+            starts = segment.escaped_starts[start:end]
+            ends = segment.escaped_ends[start:end]
+            # Skipped lines between events split the escaped text into runs.
+            gaps = np.flatnonzero(starts[1:] != ends[:-1] + 1) + 1
+            for first, stop in pairwise([0, *gaps.tolist(), end - start]):
+                text = segment.escaped[int(starts[first]) : int(ends[stop - 1])]
+                runs.append((text, segment.line_end))
+        timestamps = np.concatenate([s.timestamps[a:b] for s, a, b in parts])
+        lengths = np.concatenate([s.escaped_ends[a:b] - s.escaped_starts[a:b] for s, a, b in parts])
+        return build_body(self.head, runs, timestamps, lengths)
