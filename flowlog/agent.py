@@ -83,12 +83,14 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         return asyncio.run(Agent(settings, args).serve())
-    except ConfigError:
-        raise
-    except OSError as error:
+    except (StartupError, OSError) as error:
         # Missing privileges, no BPF filesystem, ports in use: one line, not a traceback.
-        log.error("cannot run: %s", error)
+        log.error("%s", error)
         return 1
+
+
+class StartupError(RuntimeError):
+    """The agent cannot start for a reason outside its configuration."""
 
 
 class Agent:
@@ -163,8 +165,18 @@ class Agent:
         else:
             from flowlog.dataplane import Dataplane
 
-            self.dataplane = Dataplane(settings)
-            self.dataplane.load()
+            dataplane = Dataplane(settings)
+            try:
+                dataplane.load()
+            except ConfigError:
+                raise
+            except Exception as error:
+                raise StartupError(
+                    f"cannot load the eBPF programs: {error} (the agent needs root with "
+                    "CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON, a mounted /sys/fs/bpf, and kernel "
+                    "headers at /lib/modules/$(uname -r)/build)"
+                ) from None
+            self.dataplane = dataplane
             self.dataplane.set_event_logging(settings.enable_policy_event_logs)
             self.ring = RingBuffer(
                 self.dataplane.ringbuf_fd, self.dataplane.ringbuf_size, LAYOUTS["flowlog"]
