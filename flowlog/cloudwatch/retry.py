@@ -19,23 +19,18 @@ them every limit) hold on every attempt.
 
 from __future__ import annotations
 
-import asyncio
 import enum
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import aiohttp
 from botocore.exceptions import (
-    BotoCoreError,
     ClientError,
     CredentialRetrievalError,
-    HTTPClientError,
     NoCredentialsError,
     NoRegionError,
     PartialCredentialsError,
     TokenRetrievalError,
 )
-from botocore.exceptions import ConnectionError as BotocoreConnectionError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_never
 from tenacity.wait import wait_random_exponential
 
@@ -90,13 +85,6 @@ ACCESS_ERRORS = (
     TokenRetrievalError,
     NoRegionError,
 )
-CONNECTION_ERRORS = (
-    BotocoreConnectionError,
-    HTTPClientError,
-    aiohttp.ClientError,
-    OSError,
-    asyncio.TimeoutError,
-)
 
 
 def error_code(error: BaseException) -> str:
@@ -120,9 +108,8 @@ def classify(error: BaseException) -> Failure:
         return Failure.REJECTED
     if isinstance(error, ACCESS_ERRORS):
         return Failure.ACCESS
-    if isinstance(error, CONNECTION_ERRORS | BotoCoreError):
-        return Failure.TRANSIENT
-    # Unknown trouble is backed off like an outage rather than allowed to stop shipping.
+    # Connection errors and timeouts (botocore's, aiohttp's, the OS's), and any
+    # trouble not foreseen here, are backed off like an outage: shipping never stops.
     return Failure.TRANSIENT
 
 
