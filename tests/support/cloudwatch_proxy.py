@@ -56,6 +56,8 @@ class CloudWatchProxy:
     # Called with each forwarded call before it is sent upstream; may return a
     # web.Response to answer instead (for checks such as the API limits).
     inspect: Callable[[Call], web.Response | None] | None = None
+    # Seconds each call of an operation waits before it is forwarded (a slow service).
+    latency: dict[str, float] = field(default_factory=dict)
     _loop: asyncio.AbstractEventLoop | None = None
     _thread: threading.Thread | None = None
     _runner: web.AppRunner | None = None
@@ -90,6 +92,8 @@ class CloudWatchProxy:
         if self.inspect and (answer := self.inspect(call)) is not None:
             call.status = answer.status
             return answer
+        if delay := self.latency.get(call.operation):
+            await asyncio.sleep(delay)
         headers = {
             k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")
         }
