@@ -12,6 +12,7 @@ from bcc.libbcc import lib
 
 from flowlog import bpf_syscall
 from flowlog.dataplane import maps
+from flowlog.dataplane.bpf_map import BpfMap
 from flowlog.dataplane.programs import MAP_NAMES, PROGRAMS, PinLayout
 
 # The kernel's names for the map and program types flowlog uses.
@@ -133,14 +134,14 @@ def pinned_maps(pins: PinLayout) -> list[PinnedMap]:
 
 
 def _count_entries(fd: int, key_size: int) -> int:
-    return len(maps.BpfMap(fd, ctypes.c_uint8 * key_size, ctypes.c_uint8))
+    return len(BpfMap(fd, ctypes.c_uint8 * key_size, ctypes.c_uint8))
 
 
 def switches(pins: PinLayout) -> dict[str, int]:
     """The settings map's slots, and the lost-event counters summed over CPUs."""
     values = {}
     with _open(pins.map("settings")) as fd:
-        table = maps.BpfMap(fd, ctypes.c_uint32, ctypes.c_uint32)
+        table = BpfMap(fd, ctypes.c_uint32, ctypes.c_uint32)
         for label, slot in (
             ("emit_events", maps.SETTING_EMIT_EVENTS),
             ("tap_events", maps.SETTING_TAP_EVENTS),
@@ -149,7 +150,7 @@ def switches(pins: PinLayout) -> dict[str, int]:
             value = table.lookup(ctypes.c_uint32(slot))
             values[label] = value.value if value is not None else 0
     with _open(pins.map("ringbuf_lost")) as fd:
-        lost = maps.BpfMap(fd, ctypes.c_uint32, ctypes.c_uint64, per_cpu=True)
+        lost = BpfMap(fd, ctypes.c_uint32, ctypes.c_uint64, per_cpu=True)
         for label, slot in (
             ("lost_policy_events", maps.LOST_POLICY_EVENTS),
             ("lost_tap_events", maps.LOST_TAP_EVENTS),
@@ -165,7 +166,7 @@ def names(pins: PinLayout) -> tuple[dict[int, tuple[str, str]], dict[int, tuple[
     for map_name in ("pod_names", "policy_names"):
         found = {}
         with _open(pins.map(map_name)) as fd:
-            table = maps.BpfMap(fd, ctypes.c_uint32, maps.ObjectName)
+            table = BpfMap(fd, ctypes.c_uint32, maps.ObjectName)
             for key in table:
                 value = table.lookup(key)
                 if value is not None:

@@ -34,6 +34,7 @@ import bcc
 from flowlog import bpf_syscall
 from flowlog.config import ConfigError
 from flowlog.dataplane import maps
+from flowlog.dataplane.bpf_map import BpfMap
 from flowlog.dataplane.policy import EGRESS, INGRESS
 
 PROGRAM_SOURCE = "tc_policy.c"
@@ -167,18 +168,16 @@ class LoadedPrograms:
             name: self._bpf.load_func(name.encode(), bcc.BPF.SCHED_CLS).fd for name in PROGRAMS
         }
         self.map_fds = {name: self._bpf[name.encode()].map_fd for name in MAP_NAMES}
-        self.endpoints = maps.BpfMap(self.map_fds["endpoints"], ctypes.c_uint32, maps.Endpoint)
+        self.endpoints = BpfMap(self.map_fds["endpoints"], ctypes.c_uint32, maps.Endpoint)
         self.rules = {
-            direction: maps.BpfMap(self.map_fds[name], maps.RuleKey, maps.RuleValue)
+            direction: BpfMap(self.map_fds[name], maps.RuleKey, maps.RuleValue)
             for direction, name in ((INGRESS, "ingress_rules"), (EGRESS, "egress_rules"))
         }
-        self.conntrack = maps.BpfMap(self.map_fds[CONNTRACK_MAP], maps.FlowKey, maps.FlowState)
-        self.settings = maps.BpfMap(self.map_fds["settings"], ctypes.c_uint32, ctypes.c_uint32)
-        self.pod_names = maps.BpfMap(self.map_fds["pod_names"], ctypes.c_uint32, maps.ObjectName)
-        self.policy_names = maps.BpfMap(
-            self.map_fds["policy_names"], ctypes.c_uint32, maps.ObjectName
-        )
-        self.lost = maps.BpfMap(
+        self.conntrack = BpfMap(self.map_fds[CONNTRACK_MAP], maps.FlowKey, maps.FlowState)
+        self.settings = BpfMap(self.map_fds["settings"], ctypes.c_uint32, ctypes.c_uint32)
+        self.pod_names = BpfMap(self.map_fds["pod_names"], ctypes.c_uint32, maps.ObjectName)
+        self.policy_names = BpfMap(self.map_fds["policy_names"], ctypes.c_uint32, maps.ObjectName)
+        self.lost = BpfMap(
             self.map_fds["ringbuf_lost"], ctypes.c_uint32, ctypes.c_uint64, per_cpu=True
         )
 

@@ -20,6 +20,7 @@ from bcc.libbcc import lib
 
 from flowlog import bpf_syscall
 from flowlog.dataplane import maps
+from flowlog.dataplane.bpf_map import BpfMap
 from flowlog.dataplane.programs import TAP_MAP, PinLayout
 
 # libbcc's callback: (context, record, size) -> 0 to go on.
@@ -91,7 +92,7 @@ def tapped(pins: PinLayout) -> Iterator[RingBufferReader]:
         RingBufferReader(tap_fd) as reader,
     ):
         reader.drain()  # what an earlier watcher left unread is old news
-        settings = maps.BpfMap(settings_fd, ctypes.c_uint32, ctypes.c_uint32)
+        settings = BpfMap(settings_fd, ctypes.c_uint32, ctypes.c_uint32)
         slot = ctypes.c_uint32(maps.SETTING_TAP_EVENTS)
         settings.update(slot, ctypes.c_uint32(1))
         try:
