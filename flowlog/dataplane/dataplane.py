@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import ctypes
 import logging
 from collections.abc import Awaitable, Callable, Iterator
@@ -96,6 +97,7 @@ class Dataplane:
         self._programmed: dict[int, _Programmed] = {}
         self._last_rules_id = 0
         self._closed = False
+        self.policy_updates = 0  # times changed policies were applied to the maps
 
     # --- the interface the agent uses ------------------------------------------
 
@@ -140,9 +142,7 @@ class Dataplane:
     async def run(self) -> None:
         """Follow the policy directory and the links until cancelled."""
         async with Links(self.netns) as links, LinkWatcher(self.netns) as watcher:
-            # Catch up on what changed between load() and the start of watching.
-            if self.policy_dir is not None:
-                self._sync_policies()
+            # Catch up on links that changed between load() and the start of watching.
             await self._reconcile(links)
             tasks = [self._follow_links(links, watcher)]
             if self.policy_dir is not None:
@@ -175,6 +175,7 @@ class Dataplane:
             "policy_files": sorted(self._in_force),
             "rejected_files": dict(self.rejected_files),
             "last_policy_error": self.last_policy_error,
+            "policy_updates": self.policy_updates,
         }
 
     # --- policies --------------------------------------------------------------
@@ -260,11 +261,11 @@ class Dataplane:
     def _reject(self, name: str, error: str) -> None:
         metrics.POLICY_FILES_REJECTED.inc()
         self.rejected_files[name] = error
-        self._report(f"{error} (the rules in force stay in force)")
+        self._report(error, " (the rules in force stay in force)")
 
-    def _report(self, error: str) -> None:
+    def _report(self, error: str, consequence: str = "") -> None:
         if error != self.last_policy_error:  # a recurring problem is logged once
-            log.error("%s", error)
+            log.error("%s%s", error, consequence)
         self.last_policy_error = error
 
     def _policies(self) -> set[tuple[str, str]]:
@@ -272,11 +273,29 @@ class Dataplane:
 
     async def _follow_policies(self, links: Links) -> None:
         assert self.policy_dir is not None
-        async for _ in watchfiles.awatch(self.policy_dir, watch_filter=None):
-            # Reading the whole directory also covers ConfigMap volumes,
-            # whose files change by a symlink swap.
-            if self._sync_policies():
-                await self._reconcile(links)
+        changes = watchfiles.awatch(self.policy_dir, watch_filter=None)
+        next_change = asyncio.ensure_future(anext(changes))
+        try:
+            # The watch is set up as soon as the generator first runs; after
+            # that, catching up on what changed since load() misses nothing.
+            await asyncio.sleep(0)
+            await self._apply_policy_changes(links)
+            while True:
+                await next_change
+                # Reading the whole directory also covers ConfigMap volumes,
+                # whose files change by a symlink swap.
+                await self._apply_policy_changes(links)
+                next_change = asyncio.ensure_future(anext(changes))
+        finally:
+            next_change.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                await next_change
+            await changes.aclose()
+
+    async def _apply_policy_changes(self, links: Links) -> None:
+        if self._sync_policies():
+            await self._reconcile(links)
+            self.policy_updates += 1
 
     # --- veths -----------------------------------------------------------------
 
