@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ipaddress
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TextIO
 
@@ -35,6 +36,7 @@ from flowlog.records import (
 )
 
 POLL_MS = 200
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # Names of new pods, policies and veths are looked up again at most this often.
 REFRESH_SECONDS = 1.0
 ICMP_PROTOCOLS = (1, 58)
@@ -173,12 +175,11 @@ def watch_events(
     pins: PinLayout, netns: str | None, count: int, duration: float, out: TextIO
 ) -> int:
     """Print verdicts as they happen; returns how many were printed."""
-    stop = _stop_on_signals()
     deadline = time.monotonic() + duration if duration > 0 else float("inf")
     format_line = EventFormatter(pins, netns)
     printed = 0
-    with tapped(pins) as reader:
-        while not stop() and time.monotonic() < deadline and not (count and printed >= count):
+    with _stop_on_signals() as stopped, tapped(pins) as reader:
+        while not stopped() and time.monotonic() < deadline and not (count and printed >= count):
             records = reader.poll(POLL_MS)
             if not records:
                 continue
@@ -191,16 +192,21 @@ def watch_events(
     return printed
 
 
-def _stop_on_signals() -> Callable[[], bool]:
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[Callable[[], bool]]:
+    """SIGINT and SIGTERM end the watch cleanly (the tap is switched off on the way out)."""
     stopped = False
 
     def request_stop(signum: int, frame: object) -> None:
         nonlocal stopped
         stopped = True
 
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, request_stop)
-    return lambda: stopped
+    previous = {signum: signal.signal(signum, request_stop) for signum in STOP_SIGNALS}
+    try:
+        yield lambda: stopped
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 class EventFormatter:
