@@ -13,8 +13,8 @@ them on exit, and a new ``Topology`` first deletes any left behind by a
 process that no longer exists.
 
 The traffic helpers (``TcpServer``, ``tcp_connect``, ``open_tcp``,
-``UdpEchoServer``, ``udp_exchange``, ``ping``) run inside a pod's namespace
-from this process, each bounded by a timeout::
+``UdpEchoServer``, ``udp_exchange``, ``udp_send``, ``ping``) run inside a
+pod's namespace from this process, each bounded by a timeout or a count::
 
     with Topology() as topo:
         client = topo.add_pod("client", "stars")
@@ -39,7 +39,7 @@ import struct
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -219,9 +219,6 @@ class Topology:
         if create_veth:
             self.connect(pod)
         return pod
-
-    def pod(self, name: str, namespace: str = "default") -> Pod:
-        return self.pods[(namespace, name)]
 
     def connect(self, pod: Pod) -> None:
         """Create the pod's veth pair, addresses and routes (as the CNI does at pod start)."""
@@ -452,8 +449,25 @@ def udp_exchange(
         return data == payload and ipaddress.ip_address(peer[0]) == ipaddress.ip_address(address)
 
 
+def udp_send(
+    pod: Pod,
+    address: str,
+    port: int,
+    count: int = 1,
+    payload: bytes = b"ping",
+    source_port: int = 0,
+) -> None:
+    """Send ``count`` datagrams from ``pod`` without waiting for anything (load, not a check)."""
+    family = _family(address)
+    with pod.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.bind((pod.address(family), source_port))
+        for _ in range(count):
+            sock.sendto(payload, (address, port))
+
+
 ICMP_ECHO_REQUEST, ICMP_ECHO_REPLY = 8, 0
 ICMPV6_ECHO_REQUEST, ICMPV6_ECHO_REPLY = 128, 129
+PING_DATA = b"flowlog"  # after the identifier and sequence number
 
 
 def _checksum(data: bytes) -> int:
@@ -475,7 +489,7 @@ def ping(
         proto, request, reply = socket.IPPROTO_ICMPV6, ICMPV6_ECHO_REQUEST, ICMPV6_ECHO_REPLY
     else:
         proto, request, reply = socket.IPPROTO_ICMP, ICMP_ECHO_REQUEST, ICMP_ECHO_REPLY
-    body = struct.pack("!HH", identifier, 1) + b"flowlog"
+    body = struct.pack("!HH", identifier, 1) + PING_DATA
     header = struct.pack("!BBH", request, 0, 0)
     # The kernel fills in the ICMPv6 checksum (it covers a pseudo-header).
     if family == socket.AF_INET:
@@ -499,12 +513,3 @@ def ping(
             if kind == reply and got_id == identifier and same_peer:
                 return True
     return False
-
-
-@contextlib.contextmanager
-def servers(*running: _Server) -> Iterator[None]:
-    """Run several servers for the duration of a block."""
-    with contextlib.ExitStack() as stack:
-        for server in running:
-            stack.enter_context(server)
-        yield
