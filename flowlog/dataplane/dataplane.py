@@ -97,6 +97,7 @@ class Dataplane:
         self._programmed: dict[int, _Programmed] = {}
         self._last_rules_id = 0
         self._closed = False
+        self._reconciling = asyncio.Lock()  # link and policy changes reconcile one at a time
         self.policy_updates = 0  # times changed policies were applied to the maps
 
     # --- the interface the agent uses ------------------------------------------
@@ -143,7 +144,8 @@ class Dataplane:
         """Follow the policy directory and the links until cancelled."""
         async with Links(self.netns) as links, LinkWatcher(self.netns) as watcher:
             # Catch up on links that changed between load() and the start of watching.
-            await self._reconcile(links)
+            async with self._reconciling:
+                await self._reconcile(links)
             tasks = [self._follow_links(links, watcher)]
             if self.policy_dir is not None:
                 tasks.append(self._follow_policies(links))
@@ -170,7 +172,7 @@ class Dataplane:
                 self._veths.get(ifindex, str(ifindex)): self._pod_label(ifindex)
                 for ifindex in sorted(self._attached)
             },
-            "programmed_pods": sorted(f"{ns}/{name}" for ns, name in self._pods),
+            "selected_pods": sorted(f"{ns}/{name}" for ns, name in self._pods),
             "policies": len(self._policies()),
             "policy_files": sorted(self._in_force),
             "rejected_files": dict(self.rejected_files),
@@ -182,8 +184,7 @@ class Dataplane:
 
     def _check_policy_dir(self) -> None:
         directory = self.policy_dir
-        if directory is None:
-            return
+        assert directory is not None
         if not directory.exists():
             raise ConfigError(f"--policy-dir {directory}: does not exist")
         if not directory.is_dir():
@@ -293,9 +294,10 @@ class Dataplane:
             await changes.aclose()
 
     async def _apply_policy_changes(self, links: Links) -> None:
-        if self._sync_policies():
-            await self._reconcile(links)
-            self.policy_updates += 1
+        async with self._reconciling:
+            if self._sync_policies():
+                await self._reconcile(links)
+                self.policy_updates += 1
 
     # --- veths -----------------------------------------------------------------
 
@@ -303,7 +305,8 @@ class Dataplane:
         async for event in watcher:
             known = event.ifindex in self._veths or event.ifindex in self._attached
             if event.added or known:
-                await self._reconcile(links)
+                async with self._reconciling:
+                    await self._reconcile(links)
 
     async def _adopt_and_reconcile(self, links: Links) -> None:
         # Veths a previous agent left programs on are ours to replace or remove.

@@ -223,6 +223,11 @@ def make_dataplane(
 
 @pytest.fixture(scope="session", autouse=True)
 def nothing_left_behind() -> Iterator[None]:
+    # Pins of test runs that were killed (their namespaces go with the next Topology).
+    for path in BPF_FS.glob(f"{PIN_PREFIX}*-*"):
+        pid = path.name.removeprefix(PIN_PREFIX).split("-")[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            PinLayout(path).remove()
     yield
     ours = f"{NAME_PREFIX}-{os.getpid()}-"
     leftovers = [name for name in netns.listnetns() if name.startswith(ours)]
