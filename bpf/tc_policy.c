@@ -190,9 +190,15 @@ static __always_inline void remember_flow(const struct packet *pkt, struct flow_
 {
 	struct flow_key key = pkt->flow;
 	struct flow_state state = {.policy_id = event->policy_id, .is_egress = event->is_egress};
+	struct flow_state *known;
 
 	if (pkt->icmp_id)
 		key.src_port = key.dest_port = pkt->icmp_id;
+	/* A repeated SYN finds its flow already there: a lookup is far cheaper
+	 * than an LRU update. */
+	known = conntrack.lookup(&key);
+	if (known && known->policy_id == state.policy_id && known->is_egress == state.is_egress)
+		return;
 	conntrack.update(&key, &state);
 }
 
