@@ -152,6 +152,25 @@ def test_a_malformed_file_at_start_is_a_configuration_error(policy_dir, make_dat
         make_dataplane(policy_dir="/nonexistent/policies")
 
 
+def test_policies_that_do_not_fit_together_are_refused_naming_the_file(
+    pods, policy_dir, make_dataplane
+):
+    client, _ = pods
+    many = [{"port": port} for port in range(1000, 1013)]
+    more = [{"port": port} for port in range(2000, 2012)]
+    write_policy(policy_dir, "a.yaml", backend_policy(client, *many))
+    second = policy_document(
+        "other-policy", [("stars", "backend")], ingress=[peer("10.0.0.0/8", *more)]
+    )
+    write_policy(policy_dir, "b.yaml", second)
+    with pytest.raises(ConfigError) as raised:
+        make_dataplane()
+    assert str(raised.value) == (
+        f"{policy_dir / 'b.yaml'}: pod stars/backend: ingress from {client.ipv4}/32 needs 25 "
+        "port entries once its policies are merged, at most 24"
+    )
+
+
 def test_events_the_ring_buffer_cannot_take_are_counted(pods, policy_dir, make_dataplane):
     client, backend = pods
     write_policy(policy_dir, "backend.yaml", backend_policy(client, {"port": 6379}))
