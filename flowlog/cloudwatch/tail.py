@@ -3,9 +3,12 @@
 Files are read oldest first (backups by name, then the live file), complete
 lines only, in blocks of bounded size, so memory stays bounded whatever the
 backlog. A file is known by the fingerprint of its first line, which survives
-rotation (a rename) and compression (a new file with the same content); each
-fingerprint gets a sequence number in the order the files were written, so a
-position (sequence, offset) orders lines across files.
+rotation (a rename) and compression (a new file with the same content). Its
+place in the order of writing comes from its name, which lumberjack makes
+from the rotation time: a backup's time, or for the live file "after the
+newest backup there is". That place never changes once given (the live file
+keeps it after its rotation), and however late a file is first seen, it lands
+where it belongs; a position (place, offset) orders lines across files.
 
 The live file is read through an open descriptor: when rotation renames it,
 what was written before the rename is still read to the end before moving on
@@ -38,13 +41,21 @@ BLOCK_BYTES = 4 << 20
 FINGERPRINT_BYTES = 4096
 SCAN_BYTES = 1 << 20
 GZIP_SIZE_TRAILER = 4  # ISIZE: the uncompressed size modulo 2**32
+# Listings to try when rotation moves files between listing and opening.
+OPEN_ATTEMPTS = 3
+
+
+# A file's place in the order of writing: (backup time in ms, 0) for a backup,
+# (newest backup's time, 1) for a live file, which comes after it.
+Order = tuple[int, int]
+BEFORE_ALL: Order = (-1, 0)
 
 
 @dataclass(frozen=True)
 class LogFile:
     path: Path  # where it was when listed; rotation may have moved it since
     fingerprint: str
-    seq: int  # order of writing among the files this tail has seen
+    order: Order
 
 
 @dataclass(frozen=True)
@@ -55,7 +66,7 @@ class Position:
     offset: int
 
     def reached(self, target: Position) -> bool:
-        return (self.file.seq, self.offset) >= (target.file.seq, target.offset)
+        return (self.file.order, self.offset) >= (target.file.order, target.offset)
 
 
 @dataclass(frozen=True)
@@ -191,11 +202,10 @@ class FlowLogTail:
         self._checkpoint = checkpoint
         self._lock = threading.Lock()
         self._resumed = False
-        self._seqs: dict[str, int] = {}  # fingerprint -> order of writing
-        self._next_seq = 0
+        self._orders: dict[str, Order] = {}  # by fingerprint, given once
         self._deleted: set[str] = set()  # announced by before_delete, not to be opened
         self._current: _OpenFile | None = None
-        self._last_seq = -1  # files up to this one are read to the end
+        self._read_through = BEFORE_ALL  # files up to this place are read to the end
         self._resume_at: tuple[str, int] | None = None
         self._failed_reads: set[str] = set()
         self.start: Position | None = None  # what the checkpoint says is acknowledged
@@ -203,23 +213,36 @@ class FlowLogTail:
     # --- listing ------------------------------------------------------------
 
     def _list(self) -> list[LogFile]:
-        paths = [backup.path for backup in list_backups(self.log_path)]
-        paths.append(self.log_path)
+        # The live file first: if it is rotated before the backups are listed, it is
+        # among them, named, instead of a newer live file placed before its own backup.
+        live = fingerprint_of(self.log_path)
+        backups = list_backups(self.log_path)
         files = []
-        for path in paths:
-            fingerprint = fingerprint_of(path)
-            if fingerprint is None:
-                continue
-            if fingerprint not in self._seqs:
-                self._seqs[fingerprint] = self._next_seq
-                self._next_seq += 1
-            files.append(LogFile(path, fingerprint, self._seqs[fingerprint]))
+        for backup in backups:
+            path, fingerprint = backup.path, fingerprint_of(backup.path)
+            compressed = path.with_name(path.name + COMPRESSED_SUFFIX)
+            if fingerprint is None and compressed.exists():
+                # Compressed since it was listed: the same file under its new name.
+                path, fingerprint = compressed, fingerprint_of(compressed)
+            if fingerprint is not None:
+                order = self._orders.setdefault(fingerprint, (backup.time_ms, 0))
+                files.append(LogFile(path, fingerprint, order))
         listed = {file.fingerprint for file in files}
+        if live is not None and live not in listed:
+            newest = max((backup.time_ms for backup in backups), default=BEFORE_ALL[0])
+            files.append(LogFile(self.log_path, live, self._orders.setdefault(live, (newest, 1))))
+            listed.add(live)
+        files.sort(key=lambda file: file.order)
         self._deleted &= listed
-        # Forget files that are read and gone, so a long run does not accumulate them.
-        gone = [f for f, seq in self._seqs.items() if f not in listed and seq <= self._last_seq]
-        for fingerprint in gone:
-            del self._seqs[fingerprint]
+        # Forget files read and deleted (retention deletes the oldest first), so a long
+        # run does not accumulate them.
+        oldest = files[0].order if files else self._read_through
+        for fingerprint in [
+            f
+            for f, order in self._orders.items()
+            if f not in listed and order <= self._read_through and order < oldest
+        ]:
+            del self._orders[fingerprint]
         return files
 
     def _ensure_resumed(self) -> None:
@@ -234,7 +257,9 @@ class FlowLogTail:
         chosen = next((f for f in matches if f.path.name == checkpoint.file), None)
         chosen = chosen or (matches[0] if matches else None)
         if chosen is not None:
-            self._last_seq = chosen.seq - 1
+            self._read_through = max(
+                (file.order for file in files if file.order < chosen.order), default=BEFORE_ALL
+            )
             self._resume_at = (chosen.fingerprint, checkpoint.offset)
             self.start = Position(chosen, checkpoint.offset)
             return
@@ -244,7 +269,7 @@ class FlowLogTail:
             sent_name = checkpoint.file.removesuffix(COMPRESSED_SUFFIX)
             for file in files:
                 if file.path.name.removesuffix(COMPRESSED_SUFFIX) <= sent_name:
-                    self._last_seq = file.seq
+                    self._read_through = file.order
         log.warning(
             "the flow log %s, acknowledged by CloudWatch up to byte %d, is gone (deleted "
             "by retention before it was completely sent?); its unsent lines are lost; "
@@ -269,20 +294,32 @@ class FlowLogTail:
                     return None
 
     def _open_next(self) -> bool:
+        """Open the oldest file not read yet; False when there is none (yet)."""
+        for _ in range(OPEN_ATTEMPTS):
+            opened = self._try_open_next()
+            if opened is not None:
+                return opened
+        return False
+
+    def _try_open_next(self) -> bool | None:
+        """None when the files changed between listing and opening: list them again."""
         for file in self._list():
-            if file.seq <= self._last_seq or file.fingerprint in self._deleted:
+            if file.order <= self._read_through or file.fingerprint in self._deleted:
                 continue
-            try:
-                reader = _open_reader(file.path)
-            except FileNotFoundError:
-                continue  # rotated or compressed since listing: the next listing finds it
+            reader = self._open_listed(file)
+            if reader is None:
+                if file.path == self.log_path:
+                    return None  # rotated since listing: now a backup
+                metrics.FILES_LOST.inc()
+                log.warning("%s was deleted before it could be sent; its lines are lost", file.path)
+                continue
             try:
                 same = _fingerprint(reader.read(0, FINGERPRINT_BYTES)) == file.fingerprint
             except (OSError, EOFError, zlib.error):
                 same = False
             if not same:
                 reader.close()
-                return False
+                return None
             offset = 0
             if self._resume_at and self._resume_at[0] == file.fingerprint:
                 offset = self._resume_at[1]
@@ -299,6 +336,18 @@ class FlowLogTail:
             self._current = _OpenFile(file, reader, offset, live)
             return True
         return False
+
+    def _open_listed(self, file: LogFile) -> _PlainReader | _GzipReader | None:
+        """The listed file, or its compressed self if it was compressed since; None if gone."""
+        paths = [file.path]
+        if file.path != self.log_path and not file.path.name.endswith(COMPRESSED_SUFFIX):
+            paths.append(file.path.with_name(file.path.name + COMPRESSED_SUFFIX))
+        for path in paths:
+            try:
+                return _open_reader(path)
+            except FileNotFoundError:
+                continue
+        return None
 
     def _read_current(self) -> Block | None:
         current = self._current
@@ -353,7 +402,7 @@ class FlowLogTail:
             current.live = False  # rotated: read what it still holds, then move on
             return True
         current.reader.close()
-        self._last_seq = current.file.seq
+        self._read_through = current.file.order
         self._current = None
         return True
 
@@ -373,8 +422,8 @@ class FlowLogTail:
                 return 0
             if self._current and self._current.file.fingerprint == fingerprint:
                 return 0  # being read through an open descriptor: it is finished regardless
-            seq = self._seqs.get(fingerprint)
-            if seq is not None and seq <= self._last_seq:
+            order = self._orders.get(fingerprint)
+            if order is not None and order <= self._read_through:
                 return 0  # read already: sent or in memory
             self._deleted.add(fingerprint)
             return count_lines(Path(path))
@@ -407,7 +456,9 @@ class FlowLogTail:
             if current is not None and current.offset >= 0:
                 unread += max(0, current.reader.size() - current.offset)
             for file in self._list():
-                if file.seq <= self._last_seq or (current and file.seq <= current.file.seq):
+                if file.order <= self._read_through or (
+                    current and file.order <= current.file.order
+                ):
                     continue
                 try:
                     reader = _open_reader(file.path)

@@ -31,7 +31,7 @@ from tests.cloudwatch.conftest import metric_delta
 from tests.cloudwatch.flow_lines import iso, line, lines, now_ms, text
 
 GROUP, STREAM = "/aws/eks/test/cluster", "aws-network-policy-agent-audit-ip-10-0-0-1"
-FILE = LogFile(Path("network-policy-agent.log"), "f1", 0)
+FILE = LogFile(Path("network-policy-agent.log"), "f1", (0, 0))
 
 
 def block_of(items: list[str], file: LogFile = FILE, start: int = 0) -> Block:
@@ -275,7 +275,7 @@ def test_batches_join_blocks_and_files_and_acknowledge_the_last_line_sent() -> N
     start = now_ms() - HOUR_MS
     first = lines(3, start_ms=start)
     second = lines(3, start_ms=start + 10, first_number=3)
-    other_file = LogFile(Path("network-policy-agent.log"), "f2", 1)
+    other_file = LogFile(Path("network-policy-agent.log"), "f2", (1, 0))
     builder = RequestBuilder(GROUP, STREAM)
     builder.add(block_of(first))
     assert builder.complete_batch() is None  # could still grow
