@@ -28,6 +28,7 @@ import concurrent.futures
 import contextlib
 import ctypes
 import logging
+import os
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,7 +56,13 @@ from flowlog.dataplane.policy import (
     is_policy_file,
     parse_bytes,
 )
-from flowlog.dataplane.programs import RINGBUF_MAP, LoadedPrograms, PinLayout
+from flowlog.dataplane.programs import (
+    RINGBUF_MAP,
+    LoadedPrograms,
+    PinLayout,
+    open_pinned,
+    unread_events,
+)
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +103,7 @@ class Dataplane:
         self._attached: set[int] = set()
         self._programmed: dict[int, _Programmed] = {}
         self._last_rules_id = 0
+        self._inherited_lost = 0  # events a previous agent's programs left unread
         self._closed = False
         self._reconciling = asyncio.Lock()  # link and policy changes reconcile one at a time
         self.policy_updates = 0  # times changed policies were applied to the maps
@@ -113,8 +121,19 @@ class Dataplane:
             self._publish_name(POLICY, number, name)
         programs.settings.update(ctypes.c_uint32(maps.SETTING_STRICT), ctypes.c_uint32(self.strict))
         self.set_event_logging(self.settings.enable_policy_event_logs)
+        previous_events = open_pinned(self.pins.map(RINGBUF_MAP))
         programs.pin()
         self._blocking(self._adopt_and_reconcile)
+        if previous_events is not None:
+            # The previous agent's programs are all replaced or detached now:
+            # what they left in their ring buffer will never be read.
+            self._inherited_lost = unread_events(previous_events)
+            os.close(previous_events)
+            if self._inherited_lost:
+                log.warning(
+                    "%d events the previous agent's programs left unread are counted as lost",
+                    self._inherited_lost,
+                )
         log.info(
             "data plane loaded: %d policies, %d pods attached (%s mode), pinned under %s",
             len(self._policies()),
@@ -133,7 +152,7 @@ class Dataplane:
 
     def lost_events(self) -> int:
         counts = self._loaded().lost.lookup(ctypes.c_uint32(maps.LOST_POLICY_EVENTS))
-        return sum(counts) if counts is not None else 0
+        return self._inherited_lost + (sum(counts) if counts is not None else 0)
 
     def set_event_logging(self, enabled: bool) -> None:
         self._loaded().settings.update(

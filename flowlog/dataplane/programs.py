@@ -18,6 +18,8 @@ Pin layout under ``--bpf-pin-dir`` (default ``/sys/fs/bpf/flowlog``)::
 A new load replaces every pin but ``maps/conntrack``, which bcc opens again
 when its key and value sizes still match, so that flows established under a
 previous agent (one that stopped with ``--keep-programs``) stay established.
+Events that agent's programs left unread in the old ``maps/policy_events``
+are counted as lost by the new one.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import contextlib
 import ctypes
 import mmap
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +39,7 @@ from flowlog.config import ConfigError
 from flowlog.dataplane import maps
 from flowlog.dataplane.bpf_map import BpfMap
 from flowlog.dataplane.policy import EGRESS, INGRESS
+from flowlog.records import FLOW_EVENT
 
 PROGRAM_SOURCE = "tc_policy.c"
 INGRESS_PROGRAM = "handle_ingress"
@@ -57,6 +61,8 @@ RINGBUF_MAP = "policy_events"
 TAP_MAP = "tap_events"
 CONNTRACK_MAP = "conntrack"
 CONNTRACK_ENTRIES = 262144
+# A ring buffer record: an 8-byte header, then the event, padded to 8 bytes.
+RECORD_STRIDE = (8 + FLOW_EVENT.itemsize + 7) // 8 * 8
 TAP_SIZE = 256 * 1024
 BPF_FS_TYPE = "bpf"
 
@@ -192,6 +198,25 @@ class LoadedPrograms:
     def close(self) -> None:
         """Close this process's references; pinned and attached objects live on."""
         self._bpf.cleanup()
+
+
+def open_pinned(path: Path) -> int | None:
+    """A new fd of the object pinned at ``path``, or None if nothing is pinned there."""
+    try:
+        return bpf_syscall.obj_get(str(path))
+    except OSError:
+        return None
+
+
+def unread_events(ringbuf_fd: int) -> int:
+    """Events waiting in a ring buffer of ours: (producer - consumer position) / record size."""
+    page = mmap.PAGESIZE
+    positions = []
+    for offset in (0, page):  # the consumer's page, then the producer's
+        with mmap.mmap(ringbuf_fd, page, mmap.MAP_SHARED, mmap.PROT_READ, offset=offset) as view:
+            positions.append(struct.unpack_from("<Q", view)[0])
+    consumer, producer = positions
+    return (producer - consumer) // RECORD_STRIDE
 
 
 def _replace_pin(fd: int, path: Path) -> None:
