@@ -120,6 +120,14 @@ def test_every_syn_is_judged_and_later_packets_of_an_allowed_flow_are_not(judge)
     assert judge.run(reply, EGRESS_PROGRAM) == (TC_ACT_OK, [])
 
 
+def test_sctp_ports_are_read_like_udp_ports(judge):
+    chunk = frames.udp(40005, 3868) + b"\0" * 8  # SCTP: ports, tag, checksum, then chunks
+    from_client = frames.ipv6(judge.client.ipv6, judge.backend.ipv6, 132, chunk)
+    from_other = frames.ipv6(judge.other.ipv6, judge.backend.ipv6, 132, chunk)
+    assert judge.run(from_client) == (TC_ACT_SHOT, [("DENY", "SCTP", 40005, 3868)])
+    assert judge.run(from_other) == (TC_ACT_OK, [("ACCEPT", "SCTP", 40005, 3868)])
+
+
 def test_a_packet_of_a_flow_never_allowed_is_judged_whatever_its_flags(judge):
     ack = frames.ipv4(judge.client.ipv4, judge.backend.ipv4, 6, frames.tcp(40001, 80, 0x10))
     assert judge.run(ack) == (TC_ACT_SHOT, [("DENY", "TCP", 40001, 80)])
