@@ -172,8 +172,10 @@ class _GzipReader:
         return self._buffer[:size]
 
     def size(self) -> int:
-        self._raw.seek(-GZIP_SIZE_TRAILER, os.SEEK_END)
-        return int.from_bytes(self._raw.read(GZIP_SIZE_TRAILER), "little")
+        # pread leaves the position the decompressor reads from alone.
+        fd = self._raw.fileno()
+        trailer = os.pread(fd, GZIP_SIZE_TRAILER, os.fstat(fd).st_size - GZIP_SIZE_TRAILER)
+        return int.from_bytes(trailer, "little")
 
     def is_file_at(self, path: Path) -> bool:
         return False  # a compressed file is never the live one

@@ -114,6 +114,19 @@ def test_a_line_longer_than_a_block_is_cut_and_the_rest_skipped(log_path: Path) 
     assert blocks[-1].end == log_path.stat().st_size
 
 
+def test_measuring_the_backlog_does_not_disturb_reading_a_compressed_file(
+    log_path: Path,
+) -> None:
+    content = text(lines(20_000))  # far more than the decompressor buffers at once
+    backup(log_path, 1, content, compressed=True)
+    tail = FlowLogTail(log_path, None, block_bytes=256 << 10)
+    data = b""
+    while block := tail.read_block():
+        data += block.data
+        assert tail.unread_bytes() == len(content) - len(data)
+    assert data == content
+
+
 def test_fingerprints_survive_rename_and_gzip(log_path: Path) -> None:
     log_path.write_bytes(text(lines(5)))
     original = fingerprint_of(log_path)
