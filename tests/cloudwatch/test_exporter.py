@@ -359,9 +359,9 @@ def test_retention_during_an_outage_counts_every_line_it_deletes(
         writer = RotatingLogFile(
             log_path,
             max_bytes=256 << 10,
-            max_backups=1,
+            max_backups=2,
             max_age_days=0,
-            compress=False,
+            compress=True,
             before_delete=exporter.before_delete,
         )
         try:
