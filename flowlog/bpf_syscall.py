@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+import struct
 from dataclasses import dataclass
 
 BPF_OBJ_PIN = 6
@@ -118,11 +119,28 @@ def map_info(fd: int) -> MapInfo:
     )
 
 
-def prog_test_run(prog_fd: int, packet: bytes, repeat: int = 1) -> tuple[int, int]:
-    """Run a tc program ``repeat`` times on ``packet``; returns (verdict, ns per run)."""
+SK_BUFF_SIZE = 192  # sizeof(struct __sk_buff)
+SK_BUFF_IFINDEX = 40  # offsetof(struct __sk_buff, ifindex)
+
+
+def prog_test_run(
+    prog_fd: int, packet: bytes, repeat: int = 1, ifindex: int = 0
+) -> tuple[int, int]:
+    """Run a tc program ``repeat`` times on ``packet``; returns (verdict, ns per run).
+
+    ``ifindex`` (a device of the calling thread's network namespace) is what the
+    program sees as skb->ifindex; 0 keeps the kernel's default (loopback).
+    """
     data = ctypes.create_string_buffer(packet, len(packet))
+    context = ctypes.create_string_buffer(SK_BUFF_SIZE)
+    struct.pack_into("<I", context, SK_BUFF_IFINDEX, ifindex)
     attr = _TestRunAttr(
-        prog_fd=prog_fd, data_size_in=len(packet), data_in=ctypes.addressof(data), repeat=repeat
+        prog_fd=prog_fd,
+        data_size_in=len(packet),
+        data_in=ctypes.addressof(data),
+        repeat=repeat,
+        ctx_size_in=SK_BUFF_SIZE if ifindex else 0,
+        ctx_in=ctypes.addressof(context) if ifindex else 0,
     )
     _bpf(BPF_PROG_TEST_RUN, attr)
     return attr.retval, attr.duration

@@ -12,7 +12,6 @@ from flowlog import bpf_syscall
 from flowlog.dataplane.programs import EGRESS_PROGRAM, INGRESS_PROGRAM
 from flowlog.dataplane.tap import RingBufferReader
 from flowlog.demo.topology import Topology
-from tests.dataplane import frames
 from tests.dataplane.conftest import (
     loaded_dataplane,
     new_pin_dir,
@@ -21,7 +20,8 @@ from tests.dataplane.conftest import (
     read_events,
     write_policy,
 )
-from tests.dataplane.frames import TC_ACT_OK, TC_ACT_SHOT
+from tests.support import frames
+from tests.support.frames import TC_ACT_OK, TC_ACT_SHOT
 
 pytestmark = pytest.mark.bpf
 

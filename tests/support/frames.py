@@ -7,23 +7,16 @@ Checksums are left zero: the programs do not read them.
 
 from __future__ import annotations
 
-import ctypes
 import ipaddress
-import os
-import platform
 import socket
 import struct
+
+from flowlog.bpf_syscall import prog_test_run
 
 ETH_P_IP, ETH_P_ARP, ETH_P_IPV6 = 0x0800, 0x0806, 0x86DD
 TCP_SYN, TCP_ACK = 0x02, 0x10
 IPPROTO_HOPOPTS, IPPROTO_ROUTING = 0, 43
 TC_ACT_OK, TC_ACT_SHOT = 0, 2
-
-BPF_PROG_TEST_RUN = 10
-BPF_SYSCALL = {"x86_64": 321, "aarch64": 280}[platform.machine()]
-SK_BUFF_SIZE = 192  # sizeof(struct __sk_buff)
-SK_BUFF_IFINDEX = 40  # offsetof(struct __sk_buff, ifindex)
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def ethernet(kind: int, payload: bytes) -> bytes:
@@ -79,38 +72,8 @@ def arp_request(sender: str, target: str) -> bytes:
     return ethernet(ETH_P_ARP, body)
 
 
-class _TestRunAttr(ctypes.Structure):
-    _fields_ = (
-        ("prog_fd", ctypes.c_uint32),
-        ("retval", ctypes.c_uint32),
-        ("data_size_in", ctypes.c_uint32),
-        ("data_size_out", ctypes.c_uint32),
-        ("data_in", ctypes.c_uint64),
-        ("data_out", ctypes.c_uint64),
-        ("repeat", ctypes.c_uint32),
-        ("duration", ctypes.c_uint32),
-        ("ctx_size_in", ctypes.c_uint32),
-        ("ctx_size_out", ctypes.c_uint32),
-        ("ctx_in", ctypes.c_uint64),
-        ("ctx_out", ctypes.c_uint64),
-    )
-
-
 def run_program(prog_fd: int, frame: bytes, ifindex: int) -> int:
     """The program's verdict on ``frame`` as if it crossed ``ifindex`` (a device of this
     thread's network namespace)."""
-    data = ctypes.create_string_buffer(frame, len(frame))
-    context = ctypes.create_string_buffer(SK_BUFF_SIZE)
-    struct.pack_into("<I", context, SK_BUFF_IFINDEX, ifindex)
-    attr = _TestRunAttr(
-        prog_fd=prog_fd,
-        data_size_in=len(frame),
-        data_in=ctypes.addressof(data),
-        repeat=1,
-        ctx_size_in=SK_BUFF_SIZE,
-        ctx_in=ctypes.addressof(context),
-    )
-    if _libc.syscall(BPF_SYSCALL, BPF_PROG_TEST_RUN, ctypes.byref(attr), ctypes.sizeof(attr)):
-        error = ctypes.get_errno()
-        raise OSError(error, os.strerror(error))
-    return attr.retval
+    verdict, _ = prog_test_run(prog_fd, frame, ifindex=ifindex)
+    return verdict
