@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from flowlog.demo.local_cloudwatch import free_port
+from flowlog.demo.topology import Namespace
 
 
 def wait_until(
@@ -42,7 +43,7 @@ class AgentProcess:
         self,
         *args: str,
         env: dict[str, str] | None = None,
-        netns: str | None = None,
+        namespace: Namespace | None = None,
         command: str = "agent",
     ) -> None:
         self.metrics_port = free_port()
@@ -55,8 +56,11 @@ class AgentProcess:
                 "--health-probe-bind-addr",
                 f"127.0.0.1:{self.health_port}",
             ]
-        if netns:
-            argv = ["ip", "netns", "exec", netns, *argv]
+        # Inside a network namespace its probes listen there too, so they are
+        # fetched from a thread that has entered it.
+        self.namespace = namespace
+        if namespace:
+            argv = namespace.command(argv)
         self.stderr_path = (
             Path(os.environ.get("TMPDIR", "/tmp"))
             / f"flowlog-agent-{os.getpid()}-{self.health_port}.err"
@@ -67,6 +71,12 @@ class AgentProcess:
         )
 
     def get(self, port: int, path: str) -> tuple[int, bytes]:
+        if self.namespace:
+            namespace, self.namespace = self.namespace, None
+            try:
+                return namespace.call(lambda: self.get(port, path))
+            finally:
+                self.namespace = namespace
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
                 return response.status, response.read()
