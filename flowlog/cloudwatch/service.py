@@ -24,16 +24,19 @@ CONNECT_TIMEOUT_SECONDS = 10.0
 READ_TIMEOUT_SECONDS = 30.0
 PUT_LOG_EVENTS_HOOK = "before-call.cloudwatch-logs.PutLogEvents"
 _PLACEHOLDER_EVENTS = [{"timestamp": 0, "message": "-"}]
-# The body for the PutLogEvents call being made in the current task.
-_prebuilt_body: contextvars.ContextVar[bytes | None] = contextvars.ContextVar(
-    "flowlog_prebuilt_body", default=None
+# The body for the PutLogEvents call being made in the current task. It is
+# held in a list emptied after the call: asyncio copies the context into the
+# callbacks it schedules meanwhile, and those copies must not keep a
+# megabyte-sized body alive after the call.
+_prebuilt_body: contextvars.ContextVar[list[bytes]] = contextvars.ContextVar(
+    "flowlog_prebuilt_body"
 )
 
 
 def _use_prebuilt_body(params: dict[str, Any], **_: Any) -> None:
-    body = _prebuilt_body.get()
-    if body is not None:
-        params["body"] = body
+    holder = _prebuilt_body.get(None)
+    if holder:
+        params["body"] = holder[0]
 
 
 class CloudWatchLogs:
@@ -72,7 +75,8 @@ class CloudWatchLogs:
         """Send a body from ``request_builder``; the parsed response."""
         logs = await self._logs()
         metrics.CALLS.labels(operation="PutLogEvents").inc()
-        token = _prebuilt_body.set(body)
+        holder = [body]
+        token = _prebuilt_body.set(holder)
         try:
             return await logs.put_log_events(
                 logGroupName=self.log_group,
@@ -80,6 +84,7 @@ class CloudWatchLogs:
                 logEvents=_PLACEHOLDER_EVENTS,
             )
         finally:
+            holder.clear()
             _prebuilt_body.reset(token)
 
     async def ensure_destination(self) -> None:
