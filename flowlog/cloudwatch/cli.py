@@ -44,6 +44,9 @@ events go to --log-group, or /aws/eks/<cluster>/cluster, or /aws/k8s-cluster/clu
 stream aws-network-policy-agent-audit-<node name>. The checkpoint of PATH is
 <dir>/<stem>.cloudwatch-checkpoint.json; delete it to send a file again.
 
+While CloudWatch refuses access (or cannot be reached) the problem is printed once
+and shipping retried, --once included; Ctrl-C gives up, keeping the checkpoint.
+
 exit status: 0 when done (with --once: everything acknowledged); 1 when interrupted
 before --once finished; 2 for bad usage.
 """

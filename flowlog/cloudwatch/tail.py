@@ -8,7 +8,9 @@ place in the order of writing comes from its name, which lumberjack makes
 from the rotation time: a backup's time, or for the live file "after the
 newest backup there is". That place never changes once given (the live file
 keeps it after its rotation), and however late a file is first seen, it lands
-where it belongs; a position (place, offset) orders lines across files.
+where it belongs; a position (place, offset) orders lines across files. Two
+files with the same first line would be taken for one; flow-log lines carry a
+millisecond timestamp and the flow's addresses, so in practice they differ.
 
 The live file is read through an open descriptor: when rotation renames it,
 what was written before the rename is still read to the end before moving on
