@@ -157,7 +157,7 @@ class CloudWatchExporter:
         """True once everything in the flow log when called is in CloudWatch (or was
         deliberately skipped); False if ``timeout`` seconds pass first."""
         loop = asyncio.get_running_loop()
-        if self._stopped.is_set():
+        if self._stopping.is_set():
             return False
         target = await loop.run_in_executor(self._worker, self._tail.end_position)
         if target is None:
