@@ -57,8 +57,9 @@ CLOUDWATCH_PORT = 5000
 METRICS_PORT = 8162
 HEALTH_PORT = 8163
 BPF_FS = Path("/sys/fs/bpf")
-PIN_PREFIX = "flowlog-demo-"
-WORK_DIR_PREFIX = "flowlog-demo-"
+# The pin directory and the temporary directory are named flowlog-demo-<pid>-<random>,
+# so that a later demo can tell those of a demo that was killed outright.
+RUN_PREFIX = "flowlog-demo-"
 LOG_FILE_NAME = "network-policy-agent.log"
 AGENT_OUTPUT_NAME = "agent.log"
 POLICY_DIR_NAME = "policies"
@@ -84,9 +85,32 @@ class Interrupted(Exception):
     """Someone asked the demo to stop (Ctrl-C, SIGTERM); raised at the next safe point."""
 
 
+# Looked up now: the child between fork and exec should do as little as possible.
+_prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+
 def _die_with_parent() -> None:
     # If the demo is killed outright, the agent still gets SIGTERM and cleans up its pins.
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def remove_stale_leftovers() -> None:
+    """Pins and temporary directories of demos that were killed outright (SIGKILL).
+
+    Their namespaces go with the next Topology. Both names carry the demo's pid.
+    """
+    leftovers = [
+        *BPF_FS.glob(f"{RUN_PREFIX}*-*"),
+        *Path(tempfile.gettempdir()).glob(f"{RUN_PREFIX}*-*"),
+    ]
+    for path in leftovers:
+        pid = path.name.removeprefix(RUN_PREFIX).split("-")[0]
+        if not pid.isdigit() or Path(f"/proc/{pid}").exists():
+            continue
+        if path.is_relative_to(BPF_FS):
+            PinLayout(path).remove()
+        else:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 class Stage:
@@ -100,11 +124,12 @@ class Stage:
         Once ``stop_requested`` is set, the next wait or step raises Interrupted.
         """
         self.stop_requested = stop_requested or threading.Event()
+        remove_stale_leftovers()
         self._closing = contextlib.ExitStack()
         self._closed = False
         self.keep_work_dir = keep_dir is not None
         if keep_dir is None:
-            self.work_dir = Path(tempfile.mkdtemp(prefix=WORK_DIR_PREFIX))
+            self.work_dir = Path(tempfile.mkdtemp(prefix=f"{RUN_PREFIX}{os.getpid()}-"))
             self._closing.callback(shutil.rmtree, self.work_dir, ignore_errors=True)
         else:
             self.work_dir = keep_dir
@@ -112,7 +137,7 @@ class Stage:
         self.policy_dir = self.work_dir / POLICY_DIR_NAME
         self.log_file = self.work_dir / LOG_FILE_NAME
         self.agent_output = self.work_dir / AGENT_OUTPUT_NAME
-        self.pin_dir = BPF_FS / f"{PIN_PREFIX}{os.getpid()}-{secrets.token_hex(3)}"
+        self.pin_dir = BPF_FS / f"{RUN_PREFIX}{os.getpid()}-{secrets.token_hex(3)}"
         self.topology: Topology | None = None
         self.pods: dict[str, Pod] = {}  # by service name
         self.cloudwatch: LocalCloudWatch | None = None
