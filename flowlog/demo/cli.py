@@ -1,4 +1,4 @@
-"""``flowlog demo``: the seed's Stars demo of network policy, end to end, on this machine.
+"""``flowlog demo``: the EKS user guide's Stars demo of network policy, end to end, on this machine.
 
 Only the standard library and ``flowlog.config`` are imported here: the
 container image has no moto and imports every subcommand for ``--version``.
@@ -28,7 +28,7 @@ DESCRIPTION = """\
 Run the Stars demo from the EKS user guide on this machine: a node and the
 management-ui, client, frontend and backend pods in network namespaces, a local
 CloudWatch Logs endpoint (moto_server), and the flowlog agent with
-enablePolicyEventLogs and enableCloudWatchLogs on. The seed's NetworkPolicies are
+enablePolicyEventLogs and enableCloudWatchLogs on. The guide's NetworkPolicies are
 applied step by step as PolicyEndpoints; after each step every pod probes the
 others and the demo prints what was allowed and denied and the flow-log lines it
 caused. Then it shows the flow log, the events that arrived in CloudWatch, and
@@ -44,7 +44,7 @@ examples:
   sudo flowlog demo --query denies-by-port --query denied-flows
   sudo flowlog demo --json | jq '.steps[] | {{step, ok}}'
 
-steps (the seed's):
+steps (the guide's):
   1  no policies: every pod reaches every other
   2  default-deny in stars and client: nothing reaches client, frontend or backend
   3  allow-ui in stars and client: the UI reaches them again; they still cannot talk
@@ -52,7 +52,7 @@ steps (the seed's):
   5  frontend-policy: the frontend accepts the client namespace on TCP 80
 
 exit status:
-  0    every step matched the seed and CloudWatch received every flow-log line
+  0    every step matched the guide and CloudWatch received every flow-log line
   1    something differed (each difference is printed) or could not be set up
   2    a bad flag, or a missing prerequisite (not root, no BPF filesystem, no moto)
   {INTERRUPTED_STATUS}  interrupted (after cleaning up)
@@ -62,7 +62,7 @@ exit status:
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo",
-        help="run the seed's Stars network-policy demo locally, end to end (root)",
+        help="run the EKS guide's Stars network-policy demo locally, end to end (root)",
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -108,10 +108,10 @@ def run(args: argparse.Namespace) -> int:
     from flowlog.demo.walkthrough import Outcome, Walkthrough
 
     stream = sys.stderr if args.json else sys.stdout
-    printer = Printer(stream, use_color(stream))
     status = 1
     failure = ""
     with InterruptGuard(stream) as guard:
+        printer = Printer(stream, use_color(stream), on_reader_gone=guard.stop_requested.set)
         stage = Stage(keep_dir, guard.stop_requested)
         walkthrough = None
         try:

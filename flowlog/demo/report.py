@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import textwrap
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -36,17 +36,7 @@ NOT_PROBED = "-"
 RAW_LINES_SHOWN = 2
 CLOUDWATCH_MESSAGES_SHOWN = 2
 ANSI = {"bold": "1", "dim": "2", "red": "31", "green": "32", "yellow": "33", "cyan": "36"}
-# The flow-log keys the excerpt shows, with the column names it shows them under.
-EXCERPT_COLUMNS = {
-    "time": "TIME",
-    "Verdict": "VERDICT",
-    "Direction": "DIR",
-    "source": "SOURCE",
-    "destination": "DESTINATION",
-    "Pod": "POD",
-    "Namespace": "NAMESPACE",
-    "Policy": "POLICY",
-}
+EXCERPT_COLUMNS = ("TIME", "VERDICT", "DIR", "SOURCE", "DESTINATION", "POD", "NAMESPACE", "POLICY")
 
 
 def use_color(stream: TextIO) -> bool:
@@ -102,19 +92,23 @@ def line_summary(line: Mapping[str, Any]) -> str:
 
 
 class Printer:
-    def __init__(self, stream: TextIO, color: bool) -> None:
+    def __init__(self, stream: TextIO, color: bool, on_reader_gone: Callable[[], None]) -> None:
         self.stream = stream
         self.style = Style(color)
+        self.on_reader_gone = on_reader_gone
 
     def say(self, text: str = "") -> None:
-        self.stream.write(text + "\n")
-        self.stream.flush()
+        try:
+            self.stream.write(text + "\n")
+            self.stream.flush()
+        except BrokenPipeError:
+            # The reader (head, less) has gone: nobody is watching, so stop and clean up.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self.stream.fileno())
+            self.on_reader_gone()
 
-    def paragraph(self, text: str, *styles: str, indent: str = INDENT) -> None:
-        """``text`` wrapped to the width of a terminal, continued lines indented further."""
-        wrapped = textwrap.wrap(
-            text, WIDTH, initial_indent=indent, subsequent_indent=indent + INDENT
-        )
+    def paragraph(self, text: str, *styles: str) -> None:
+        """``text`` indented and wrapped to the width of a terminal, continued lines further."""
+        wrapped = textwrap.wrap(text, WIDTH, initial_indent=INDENT, subsequent_indent=INDENT * 2)
         for line in wrapped:
             self.say(self.style(line, *styles))
 
@@ -127,9 +121,9 @@ class Printer:
     def intro(self) -> None:
         self.say(self.style("flowlog demo: the Stars demo of network policy", "bold"))
         self.say(
-            "A node and four pods in network namespaces, the flowlog agent enforcing the\n"
-            "seed's NetworkPolicies (as PolicyEndpoints) and writing a flow log that it ships\n"
-            "to a local CloudWatch Logs endpoint."
+            "From the EKS user guide: a node and four pods in network namespaces, the flowlog\n"
+            "agent enforcing the guide's NetworkPolicies (as PolicyEndpoints) and writing a\n"
+            "flow log that it ships to a local CloudWatch Logs endpoint."
         )
 
     def node(self, stage: Stage) -> None:
@@ -175,7 +169,7 @@ class Printer:
         self, number: int, total: int, step: Step, addresses: Mapping[str, PodAddresses]
     ) -> None:
         self.heading(f"Step {number} of {total}: {step.title}")
-        self.paragraph(f'The seed: "{step.seed_says}"', "dim")
+        self.paragraph(f'The guide: "{step.guide_says}"', "dim")
         policies: Sequence[NetworkPolicy] = step.applies
         if not policies:
             self.say(f"{INDENT}No policy is applied: no pod is selected, nothing is judged.")
@@ -214,7 +208,7 @@ class Printer:
             for problem in problems:
                 self.say(style(f"{INDENT}DIFFERS: {problem}", "yellow", "bold"))
         else:
-            self.say(style(f"{INDENT}As the seed expects.", "green"))
+            self.say(style(f"{INDENT}As the guide says.", "green"))
 
     def _step_lines(self, lines: Sequence[Mapping[str, Any]]) -> None:
         if not lines:
@@ -266,7 +260,7 @@ class Printer:
             f"({len(excerpt)} of {len(lines)}):"
         )
         rows = [_excerpt_row(line) for line in excerpt]
-        for text in table(list(EXCERPT_COLUMNS.values()), rows, self.style):
+        for text in table(EXCERPT_COLUMNS, rows, self.style):
             self.say(INDENT * 2 + text)
 
     def cloudwatch(self, events: Sequence[Mapping[str, Any]], written: int) -> None:
@@ -303,13 +297,13 @@ class Printer:
     def verdict(self, outcome: Outcome) -> None:
         self.say()
         if outcome.problems:
-            self.say(self.style("The demo differs from the seed:", "yellow", "bold"))
+            self.say(self.style("The demo differs from the guide:", "yellow", "bold"))
             for problem in outcome.problems:
                 self.say(f"{INDENT}{problem}")
         else:
             self.say(
                 self.style(
-                    f"Every step matched the seed, and CloudWatch holds every line "
+                    f"Every step matched the guide, and CloudWatch holds every line "
                     f"({outcome.seconds:.1f}s).",
                     "green",
                     "bold",

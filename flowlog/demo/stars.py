@@ -1,11 +1,11 @@
-"""The seed's "Stars demo of network policy": its services, probes and policies.
+"""The EKS user guide's "Stars demo of network policy": services, probes, policies.
 
 Four services each run one pod: the management UI (namespace ``management-ui``),
 the client (namespace ``client``), and the frontend and backend (namespace
 ``stars``). The UI probes the other three; each of those probes the other two.
-The demo applies the seed's NetworkPolicies one step at a time.
+The demo applies the guide's NetworkPolicies one step at a time.
 
-NetworkPolicies are modelled here with the two selectors the seed uses (a
+NetworkPolicies are modelled here with the two selectors the guide uses (a
 pod's or a namespace's ``role`` label), then resolved into the PolicyEndpoint
 documents the network policy controller would write for them (the selected
 pods, and each allowed peer pod's address as a /32 and /128). The same model
@@ -142,7 +142,7 @@ FRONTEND_POLICY = NetworkPolicy(
 class Step:
     title: str
     applies: tuple[NetworkPolicy, ...]
-    seed_says: str  # what the seed tells its reader to look for
+    guide_says: str  # what the guide tells its reader to look for
 
 
 STEPS = (

@@ -1,7 +1,7 @@
-"""The demo's story: bring the stage up, walk the seed's steps, then read everything back.
+"""The demo's story: bring the stage up, walk the EKS guide's steps, then read it all back.
 
 Each step applies its policies, probes every path once, and checks two things
-against the seed: which connections went through, and that the flow log holds
+against the guide: which connections went through, and that the flow log holds
 the matching verdict (ACCEPT or DENY) for every probe into a pod some policy
 selects. At the end every flow-log line must have arrived in CloudWatch, and
 the saved Insights queries run on the local file.
@@ -36,7 +36,7 @@ CLOUDWATCH_SECONDS = 30.0
 class ProbeResult:
     probe: Probe
     source_port: int
-    expected: bool  # the seed's verdict
+    expected: bool  # the guide's verdict
     connected: bool
     judged: bool  # the target is selected by a policy, so its veth writes a verdict
     logged: dict | None  # that verdict's flow-log line
@@ -45,7 +45,7 @@ class ProbeResult:
         what = f"{self.probe.source.name} -> {self.probe.target.name}:{self.probe.port}"
         if self.connected != self.expected:
             got, want = _word(self.connected), _word(self.expected)
-            return f"{what} was {got}; the seed expects {want}"
+            return f"{what} was {got}; the guide expects {want}"
         if not self.judged:
             return None
         if self.logged is None:
