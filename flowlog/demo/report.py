@@ -317,9 +317,9 @@ class Printer:
             f"under {stage.pin_dir.parent}."
         )
         if not stage.keep_work_dir:
-            self.say(
-                f"{INDENT}Removed {stage.work_dir}; keep the files with: flowlog demo --keep DIR"
-            )
+            self.say(f"{INDENT}Removed {stage.work_dir}. To keep the files and look further:")
+            self.say(f"{INDENT * 2}flowlog demo --keep DIR")
+            self.say(f"{INDENT * 2}flowlog query --local DIR/{stage.log_file.name} denied-flows")
             return
         self.say(f"{INDENT}Kept in {stage.work_dir}:")
         for path in sorted(stage.work_dir.rglob("*")):
