@@ -14,6 +14,10 @@ import platform
 import struct
 from dataclasses import dataclass
 
+BPF_MAP_LOOKUP_ELEM = 1
+BPF_MAP_UPDATE_ELEM = 2
+BPF_MAP_DELETE_ELEM = 3
+BPF_MAP_GET_NEXT_KEY = 4
 BPF_OBJ_PIN = 6
 BPF_OBJ_GET = 7
 BPF_PROG_TEST_RUN = 10
@@ -29,6 +33,16 @@ class _ObjGetAttr(ctypes.Structure):
         ("pathname", ctypes.c_uint64),
         ("bpf_fd", ctypes.c_uint32),
         ("file_flags", ctypes.c_uint32),
+    ]
+
+
+class _MapElemAttr(ctypes.Structure):
+    _fields_ = [
+        ("map_fd", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
+        ("key", ctypes.c_uint64),
+        ("value", ctypes.c_uint64),  # next_key for BPF_MAP_GET_NEXT_KEY
+        ("flags", ctypes.c_uint64),
     ]
 
 
@@ -79,7 +93,7 @@ def _bpf(command: int, attr: ctypes.Structure) -> int:
     result = _libc.syscall(number, command, ctypes.byref(attr), ctypes.sizeof(attr))
     if result < 0:
         error = ctypes.get_errno()
-        raise OSError(error, os.strerror(error))
+        raise OSError(error, os.strerror(error))  # FileNotFoundError for ENOENT
     return result
 
 
@@ -91,6 +105,53 @@ class MapInfo:
     value_size: int
     max_entries: int
     name: str
+
+
+def _address(buffer: ctypes.Array | ctypes.Structure | None) -> int:
+    return ctypes.addressof(buffer) if buffer is not None else 0
+
+
+def map_lookup(fd: int, key: ctypes._CData, value: ctypes._CData) -> bool:
+    """Fill ``value`` with the entry for ``key``; False if there is none."""
+    attr = _MapElemAttr(map_fd=fd, key=_address(key), value=_address(value))
+    try:
+        _bpf(BPF_MAP_LOOKUP_ELEM, attr)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def map_update(fd: int, key: ctypes._CData, value: ctypes._CData) -> None:
+    _bpf(BPF_MAP_UPDATE_ELEM, _MapElemAttr(map_fd=fd, key=_address(key), value=_address(value)))
+
+
+def map_delete(fd: int, key: ctypes._CData) -> bool:
+    """Delete the entry for ``key``; False if there was none."""
+    try:
+        _bpf(BPF_MAP_DELETE_ELEM, _MapElemAttr(map_fd=fd, key=_address(key)))
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def map_next_key(fd: int, key: ctypes._CData | None, next_key: ctypes._CData) -> bool:
+    """Fill ``next_key`` with the key after ``key`` (the first if None); False at the end."""
+    attr = _MapElemAttr(map_fd=fd, key=_address(key), value=_address(next_key))
+    try:
+        _bpf(BPF_MAP_GET_NEXT_KEY, attr)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def possible_cpus() -> int:
+    """How many values a per-CPU map holds per key."""
+    with open("/sys/devices/system/cpu/possible") as ranges:
+        count = 0
+        for part in ranges.read().strip().split(","):
+            first, _, last = part.partition("-")
+            count += int(last or first) - int(first) + 1
+    return count
 
 
 def obj_pin(fd: int, path: str) -> None:
@@ -105,10 +166,15 @@ def obj_get(path: str) -> int:
     return _bpf(BPF_OBJ_GET, _ObjGetAttr(pathname=ctypes.addressof(encoded)))
 
 
-def map_info(fd: int) -> MapInfo:
-    info = _MapInfo()
+def obj_info(fd: int, info: ctypes.Structure) -> None:
+    """Fill ``info`` (the start of struct bpf_map_info, bpf_prog_info...) for ``fd``."""
     attr = _InfoAttr(bpf_fd=fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info))
     _bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
+
+
+def map_info(fd: int) -> MapInfo:
+    info = _MapInfo()
+    obj_info(fd, info)
     return MapInfo(
         info.type,
         info.id,

@@ -115,14 +115,14 @@ class Dataplane:
         if self.policy_dir is not None:
             self._check_policy_dir()
             self._sync_policies(at_start=True)
+        # The ring buffer a previous agent left pinned, before the new load replaces the pin.
+        previous_events = open_pinned(self.pins.map(RINGBUF_MAP))
         self._programs = LoadedPrograms(self.pins, self.settings.ringbuf_size)
         programs = self._programs
         for number, name in self.attribution.policies.items():
             self._publish_name(POLICY, number, name)
         programs.settings.update(ctypes.c_uint32(maps.SETTING_STRICT), ctypes.c_uint32(self.strict))
         self.set_event_logging(self.settings.enable_policy_event_logs)
-        previous_events = open_pinned(self.pins.map(RINGBUF_MAP))
-        programs.pin()
         self._blocking(self._adopt_and_reconcile)
         if previous_events is not None:
             # The previous agent's programs are all replaced or detached now:

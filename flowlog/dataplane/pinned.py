@@ -8,8 +8,6 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from bcc.libbcc import lib
-
 from flowlog import bpf_syscall
 from flowlog.dataplane import maps
 from flowlog.dataplane.bpf_map import BpfMap
@@ -28,9 +26,6 @@ PROG_TYPE_NAMES = {3: "sched_cls"}
 # Maps whose size is their capacity in bytes rather than a number of entries.
 RINGBUF_TYPE = 27
 ARRAY_TYPES = (2, 6)
-
-lib.bpf_obj_get_info.restype = ctypes.c_int
-lib.bpf_obj_get_info.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32)]
 
 
 class _ProgInfo(ctypes.Structure):
@@ -91,10 +86,7 @@ def pinned_programs(pins: PinLayout) -> list[PinnedProgram]:
             continue
         with _open(path) as fd:
             info = _ProgInfo()
-            size = ctypes.c_uint32(ctypes.sizeof(info))
-            if lib.bpf_obj_get_info(fd, ctypes.byref(info), ctypes.byref(size)) < 0:
-                error = ctypes.get_errno()
-                raise OSError(error, f"{path}: {os.strerror(error)}")
+            bpf_syscall.obj_info(fd, info)
         found.append(
             PinnedProgram(
                 pin=str(path),

@@ -1,4 +1,4 @@
-"""Compiling and loading the tc programs with bcc, and pinning them and their maps.
+"""Compiling and loading the tc programs with bcc (in a child process), and their pins.
 
 Pin layout under ``--bpf-pin-dir`` (default ``/sys/fs/bpf/flowlog``)::
 
@@ -29,10 +29,10 @@ import ctypes
 import mmap
 import os
 import struct
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-
-import bcc
 
 from flowlog import bpf_syscall
 from flowlog.config import ConfigError
@@ -150,8 +150,35 @@ def _drop_incompatible_conntrack(path: Path) -> None:
         path.unlink()
 
 
+def compile_and_pin(pins: PinLayout, ringbuf_size: int) -> None:
+    """Compile and load the programs with bcc, then pin them and every map.
+
+    Run by ``python -m flowlog.dataplane.loader`` in a child process: bcc's
+    compiler (clang and LLVM) leaves well over 100 MB behind in the process
+    that used it, which the agent does not need to carry for the rest of its
+    life. The pins are how the programs reach the agent.
+    """
+    import bcc  # here only: loading it maps clang and LLVM into the process
+
+    source = bpf_source_dir()
+    cflags = [
+        f"-I{source}",
+        f"-DRINGBUF_PAGES={ringbuf_size // mmap.PAGESIZE}",
+        f"-DTAP_PAGES={TAP_SIZE // mmap.PAGESIZE}",
+        f"-DCONNTRACK_ENTRIES={CONNTRACK_ENTRIES}",
+        f'-DCONNTRACK_PIN="{pins.map(CONNTRACK_MAP)}"',
+    ]
+    loaded = bcc.BPF(src_file=str(source / PROGRAM_SOURCE).encode(), cflags=cflags)
+    for name in PROGRAMS:
+        _replace_pin(loaded.load_func(name.encode(), bcc.BPF.SCHED_CLS).fd, pins.prog(name))
+    for name in MAP_NAMES:
+        if name != CONNTRACK_MAP:  # bcc pinned it, or opened the one already there
+            _replace_pin(loaded[name.encode()].map_fd, pins.map(name))
+    loaded.cleanup()
+
+
 class LoadedPrograms:
-    """The programs and maps of one load, open in this process."""
+    """The programs and maps of one load, open in this process through their pins."""
 
     def __init__(self, pins: PinLayout, ringbuf_size: int) -> None:
         check_ringbuf_size(ringbuf_size)
@@ -159,21 +186,18 @@ class LoadedPrograms:
         pins.maps.mkdir(parents=True, exist_ok=True)
         pins.progs.mkdir(parents=True, exist_ok=True)
         _drop_incompatible_conntrack(pins.map(CONNTRACK_MAP))
-        source = bpf_source_dir()
-        cflags = [
-            f"-I{source}",
-            f"-DRINGBUF_PAGES={ringbuf_size // mmap.PAGESIZE}",
-            f"-DTAP_PAGES={TAP_SIZE // mmap.PAGESIZE}",
-            f"-DCONNTRACK_ENTRIES={CONNTRACK_ENTRIES}",
-            f'-DCONNTRACK_PIN="{pins.map(CONNTRACK_MAP)}"',
-        ]
+        loader = subprocess.run(
+            [sys.executable, "-m", "flowlog.dataplane.loader", str(pins.root), str(ringbuf_size)],
+            capture_output=True,
+            text=True,
+        )
+        if loader.returncode != 0:
+            lines = loader.stderr.strip().splitlines()
+            raise RuntimeError(lines[-1] if lines else f"loader exited with {loader.returncode}")
         self.pins = pins
         self.ringbuf_size = ringbuf_size
-        self._bpf = bcc.BPF(src_file=str(source / PROGRAM_SOURCE).encode(), cflags=cflags)
-        self.program_fds = {
-            name: self._bpf.load_func(name.encode(), bcc.BPF.SCHED_CLS).fd for name in PROGRAMS
-        }
-        self.map_fds = {name: self._bpf[name.encode()].map_fd for name in MAP_NAMES}
+        self.program_fds = {name: bpf_syscall.obj_get(str(pins.prog(name))) for name in PROGRAMS}
+        self.map_fds = {name: bpf_syscall.obj_get(str(pins.map(name))) for name in MAP_NAMES}
         self.endpoints = BpfMap(self.map_fds["endpoints"], ctypes.c_uint32, maps.Endpoint)
         self.rules = {
             direction: BpfMap(self.map_fds[name], maps.RuleKey, maps.RuleValue)
@@ -187,17 +211,10 @@ class LoadedPrograms:
             self.map_fds["ringbuf_lost"], ctypes.c_uint32, ctypes.c_uint64, per_cpu=True
         )
 
-    def pin(self) -> None:
-        """Pin programs and maps, replacing what an earlier load left."""
-        for name, fd in self.program_fds.items():
-            _replace_pin(fd, self.pins.prog(name))
-        for name, fd in self.map_fds.items():
-            if name != CONNTRACK_MAP:  # bcc pinned it, or opened the one already there
-                _replace_pin(fd, self.pins.map(name))
-
     def close(self) -> None:
         """Close this process's references; pinned and attached objects live on."""
-        self._bpf.cleanup()
+        for fd in (*self.program_fds.values(), *self.map_fds.values()):
+            os.close(fd)
 
 
 def open_pinned(path: Path) -> int | None:

@@ -16,8 +16,6 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from bcc.libbcc import lib
-
 from flowlog import bpf_syscall
 from flowlog.dataplane import maps
 from flowlog.dataplane.bpf_map import BpfMap
@@ -31,9 +29,12 @@ class RingBufferReader:
     """Collects the raw records of a BPF ring buffer map (by fd) as they arrive."""
 
     def __init__(self, map_fd: int) -> None:
+        from bcc.libbcc import lib  # here only: it maps clang and LLVM into the process
+
+        self._lib = lib
         self.records: list[bytes] = []
         self._callback = RECORD_CALLBACK(self._on_record)  # kept alive with self
-        self._manager = lib.bpf_new_ringbuf(map_fd, self._callback, None)
+        self._manager = self._lib.bpf_new_ringbuf(map_fd, self._callback, None)
         if not self._manager:
             error = ctypes.get_errno()
             raise OSError(error, f"cannot open ring buffer: {os.strerror(error)}")
@@ -44,12 +45,12 @@ class RingBufferReader:
 
     def poll(self, timeout_ms: int) -> list[bytes]:
         """Records that arrived within ``timeout_ms`` (all that are ready, at once if any)."""
-        lib.bpf_poll_ringbuf(self._manager, timeout_ms)
+        self._lib.bpf_poll_ringbuf(self._manager, timeout_ms)
         return self.take()
 
     def drain(self) -> list[bytes]:
         """Every record already in the ring buffer, without waiting."""
-        lib.bpf_consume_ringbuf(self._manager)
+        self._lib.bpf_consume_ringbuf(self._manager)
         return self.take()
 
     def take(self) -> list[bytes]:
@@ -58,7 +59,7 @@ class RingBufferReader:
 
     def close(self) -> None:
         if self._manager:
-            lib.bpf_free_ringbuf(self._manager)
+            self._lib.bpf_free_ringbuf(self._manager)
             self._manager = None
 
     def __enter__(self) -> RingBufferReader:
