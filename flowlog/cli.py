@@ -14,15 +14,18 @@ import sys
 from flowlog import __version__
 from flowlog.config import ConfigError
 
-# In the order `flowlog --help` lists them.
-SUBCOMMAND_MODULES = (
-    "flowlog.agent",
-    "flowlog.replay",
-    "flowlog.cloudwatch.cli",
-    "flowlog.insights.cli",
-    "flowlog.dataplane.cli",
-    "flowlog.demo.cli",
-)
+# Each subcommand and the module that registers it, in the order `flowlog --help`
+# lists them. Only the chosen one is imported: the agent then carries neither
+# the query engine nor botocore unless it ships.
+SUBCOMMANDS = {
+    "agent": "flowlog.agent",
+    "replay": "flowlog.replay",
+    "ship": "flowlog.cloudwatch.cli",
+    "query": "flowlog.insights.cli",
+    "insights": "flowlog.insights.cli",
+    "ebpf": "flowlog.dataplane.cli",
+    "demo": "flowlog.demo.cli",
+}
 
 EXAMPLES = """\
 examples:
@@ -44,7 +47,8 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line, or only ``command``'s part of it."""
     parser = ArgumentParser(
         prog="flowlog",
         description="Kubernetes network-policy flow logs: eBPF verdicts to JSON lines "
@@ -56,13 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(
         title="commands", metavar="COMMAND", parser_class=ArgumentParser
     )
-    for module_name in SUBCOMMAND_MODULES:
+    modules = [SUBCOMMANDS[command]] if command in SUBCOMMANDS else SUBCOMMANDS.values()
+    for module_name in dict.fromkeys(modules):
         importlib.import_module(module_name).register(subparsers)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv[0] if argv else None)
     args = parser.parse_args(argv)
     if not hasattr(args, "run"):
         parser.print_help(sys.stderr)
