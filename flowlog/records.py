@@ -150,13 +150,18 @@ def monotonic_to_epoch_offset_ns() -> int:
 
 def decode(raw: bytes | bytearray | memoryview, layout: Layout) -> FlowBatch:
     """Decode whole records from ``raw`` (its length a multiple of the record size)."""
-    return decode_records(np.frombuffer(raw, dtype=layout.dtype), layout)
+    return decode_records(np.frombuffer(raw, dtype=layout.dtype).copy(), layout)
 
 
 def decode_records(records: np.ndarray, layout: Layout) -> FlowBatch:
-    """Copy records of ``layout`` (any array of its dtype, strided views too) into a batch."""
+    """A batch of records of ``layout`` (any array of its dtype, strided views too).
+
+    flowlog's own records are used where they lie, without a copy: the batch is
+    then only valid as long as ``records`` is (the ring buffer keeps a record
+    until it is released). The AWS layouts are converted into new arrays.
+    """
     if layout.dtype is FLOW_EVENT:
-        events = records.copy()
+        events = records
         epoch_ms = (
             events["timestamp_ns"].astype(np.int64) + monotonic_to_epoch_offset_ns()
         ) // 1_000_000

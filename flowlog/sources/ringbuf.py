@@ -67,13 +67,15 @@ class RingBuffer:
         # run of records that wraps around the end is still contiguous here.
         self._data = np.frombuffer(self._producer_map, np.uint8, 2 * data_size, page)
         self._warned_sizes: set[int] = set()
+        self._read_up_to: int | None = None
 
     @property
     def pending_bytes(self) -> int:
         return int(self._producer_pos[0]) - int(self._consumer_pos[0])
 
     def read(self, max_records: int = MAX_BATCH_RECORDS) -> FlowBatch | None:
-        """Decode and consume the committed records at the head, up to ``max_records``."""
+        """The committed records at the head, up to ``max_records``, until ``release()``."""
+        self.release()
         consumer = int(self._consumer_pos[0])
         available = int(self._producer_pos[0]) - consumer
         count = min(available // self._stride, max_records)
@@ -99,9 +101,8 @@ class RingBuffer:
             offset=start + HEADER_SIZE,
             strides=(self._stride,),
         )
-        batch = decode_records(records, self.layout)
-        self._consumer_pos[0] = consumer + count * self._stride
-        return batch
+        self._read_up_to = consumer + count * self._stride
+        return decode_records(records, self.layout)
 
     def _read_irregular(self, consumer: int, available: int, max_records: int) -> FlowBatch | None:
         """Record by record, for runs holding discarded or foreign-sized records."""
@@ -131,11 +132,21 @@ class RingBuffer:
             position += _round_up(HEADER_SIZE + length, 8)
         if position == consumer:
             return None
-        self._consumer_pos[0] = position
+        self._read_up_to = position
         if not records:
             return FlowBatch.empty()
         raw = np.concatenate(records)
         return decode_records(np.frombuffer(raw, self.layout.dtype), self.layout)
+
+    def release(self) -> None:
+        """Give the records of the last ``read()`` back to the kernel for reuse.
+
+        Until then the batch ``read()`` returned may point into the ring buffer
+        itself, so it must be done with first.
+        """
+        if self._read_up_to is not None:
+            self._consumer_pos[0] = self._read_up_to
+            self._read_up_to = None
 
     def close(self) -> None:
         # The numpy views must go before the maps they look into.
@@ -159,12 +170,18 @@ class RingBufferSource:
     async def batches(self) -> AsyncIterator[FlowBatch]:
         while True:
             batch = self.ring.read()
-            if batch is not None:
-                if len(batch):
-                    yield batch
-                continue
+            if batch:
+                yield batch  # processed by the time the loop resumes
+            self.ring.release()
+            if batch is not None and len(batch) == MAX_BATCH_RECORDS:
+                continue  # a full batch: more is waiting
             if self._stopping.is_set():
-                return
+                if batch is None:
+                    return
+                continue  # drain what is left
+            # Caught up. Reading again at once would make batches of whatever
+            # arrived meanwhile, a few hundred events each under load; waiting
+            # a little lets each batch carry thousands.
             await self._wait_readable()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self.coalesce_seconds)
