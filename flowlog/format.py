@@ -71,6 +71,26 @@ class Table:
         rows = np.frombuffer(padded, np.uint8).reshape(len(strings), width)
         return cls(rows, np.fromiter(map(len, strings), np.int64, len(strings)))
 
+    @classmethod
+    def numbers(cls, prefix: bytes, count: int, suffix: bytes = b"") -> Table:
+        """``prefix + str(n) + suffix`` for every n below ``count``, built without a
+        Python object per row."""
+        numbers = np.arange(count)
+        digits = np.ones(count, np.int64)
+        for power in range(1, len(str(count - 1))):
+            digits += numbers >= 10**power
+        end = len(prefix) + int(digits.max()) + len(suffix)
+        rows = np.zeros((count, end), np.uint8)
+        rows[:, end - len(suffix) :] = np.frombuffer(suffix, np.uint8)
+        last_digit = end - len(suffix) - 1
+        for place in range(int(digits.max())):
+            has = digits > place
+            rows[has, last_digit - place] = ord("0") + numbers[has] // 10**place % 10
+        for width in np.unique(digits).tolist():
+            start = last_digit + 1 - width - len(prefix)
+            rows[digits == width, start : start + len(prefix)] = np.frombuffer(prefix, np.uint8)
+        return cls(rows, len(prefix) + digits + len(suffix))
+
     def extended(self, strings: Sequence[bytes]) -> Table:
         """This table with more rows after it (numbered from ``len(self.lengths)``)."""
         extra = Table.of(strings, width=self.width)
@@ -207,15 +227,11 @@ class FlowFormatter:
     def __init__(self, node_name: str, attribution: Attribution | None = None) -> None:
         self.attribution = attribution
         self._addresses = AddressBook()
-        self._src_port = Table.of(
-            [b'","Src Port":%d,"Dest IP":"' % port for port in range(PORT_VALUES)]
-        )
-        self._dest_port = Table.of([b'","Dest Port":%d' % port for port in range(PORT_VALUES)])
+        self._src_port = Table.numbers(b'","Src Port":', PORT_VALUES, b',"Dest IP":"')
+        self._dest_port = Table.numbers(b'","Dest Port":', PORT_VALUES)
         self._verdict = _verdict_table()
         self._node = b',"Node":' + json_string(node_name)
-        self._size = Table.of(
-            [b',"Packet Size":%d%s' % (size, self._node) for size in range(SIZE_TABLE_VALUES)]
-        )
+        self._size = Table.numbers(b',"Packet Size":', SIZE_TABLE_VALUES, self._node)
         self._names_version: int | None = None
         self._pods = _id_table({}, POD_KEYS)
         self._policies = _id_table({}, POLICY_KEYS, suffix=LINE_END)
