@@ -5,8 +5,8 @@
 ``orjson.dumps`` of a dict, written to the file. The replay variant does the
 same per-record work on a file, to compare with ``flowlog replay``.
 
-    python -m bench.baseline replay RECORDS OUTPUT
-    python -m bench.baseline ringbuf PINNED_RING OUTPUT SECONDS
+    python -m bench.baseline replay RECORDS OUTPUT     (AWS v4 records)
+    python -m bench.baseline ringbuf PINNED_RING OUTPUT SECONDS     (flowlog's events)
 """
 
 from __future__ import annotations
@@ -70,24 +70,74 @@ def replay(records_path: str, output_path: str) -> None:
             out.write(line(AwsV4Event.from_buffer_copy(data, offset)))
 
 
+class FlowEvent(ctypes.Structure):
+    """bpf/flow_event.h, as a bcc user would mirror it with ctypes."""
+
+    _fields_ = [
+        ("timestamp_ns", ctypes.c_uint64),
+        ("src_ip", ctypes.c_uint8 * 16),
+        ("dest_ip", ctypes.c_uint8 * 16),
+        ("src_port", ctypes.c_uint16),
+        ("dest_port", ctypes.c_uint16),
+        ("protocol", ctypes.c_uint8),
+        ("verdict", ctypes.c_uint8),
+        ("is_egress", ctypes.c_uint8),
+        ("tier", ctypes.c_uint8),
+        ("packet_size", ctypes.c_uint32),
+        ("ifindex", ctypes.c_uint32),
+        ("endpoint_id", ctypes.c_uint32),
+        ("policy_id", ctypes.c_uint32),
+    ]
+
+
+def flow_line(event: FlowEvent) -> bytes:
+    now = time.time()
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
+    return (
+        orjson.dumps(
+            {
+                "level": "info",
+                "timestamp": stamp,
+                "logger": "ebpf-client",
+                "msg": "Flow Info: ",
+                "Src IP": socket.inet_ntoa(bytes(event.src_ip[12:])),
+                "Src Port": event.src_port,
+                "Dest IP": socket.inet_ntoa(bytes(event.dest_ip[12:])),
+                "Dest Port": event.dest_port,
+                "Proto": PROTOCOLS.get(event.protocol, "UNKNOWN"),
+                "Verdict": VERDICTS.get(event.verdict, "UNKNOWN"),
+                "Direction": "egress" if event.is_egress else "ingress",
+                "Tier": TIERS.get(event.tier, "UNKNOWN"),
+                "Packet Size": event.packet_size,
+            }
+        )
+        + b"\n"
+    )
+
+
+RECORD_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int)
+
+
 def ringbuf(pinned: str, output_path: str, seconds: float) -> None:
-    from bcc import BPF
-    from bcc.table import RingBuf
+    """What ``BPF.open_ring_buffer`` + ``ring_buffer_poll`` do, on a pinned ring buffer."""
+    from bcc.libbcc import lib
 
     from flowlog import bpf_syscall
 
-    fd = bpf_syscall.obj_get(pinned)
-    table = RingBuf(BPF(text=""), b"events", fd, None)
-    out = open(output_path, "wb")  # noqa: SIM115 - closed below, after the loop
+    with open(output_path, "ab") as out:
 
-    def callback(ctx: int, data: int, size: int) -> None:
-        out.write(line(ctypes.cast(data, ctypes.POINTER(AwsV4Event)).contents))
+        def on_event(_context: int, data: int, _size: int) -> int:
+            out.write(flow_line(ctypes.cast(data, ctypes.POINTER(FlowEvent)).contents))
+            return 0
 
-    table.open_ring_buffer(callback)
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        table.bpf.ring_buffer_poll(100)
-    out.close()
+        callback = RECORD_CALLBACK(on_event)
+        manager = lib.bpf_new_ringbuf(bpf_syscall.obj_get(pinned), callback, None)
+        print("ready", flush=True)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            lib.bpf_poll_ringbuf(manager, 100)
+            out.flush()
+        lib.bpf_free_ringbuf(manager)
 
 
 if __name__ == "__main__":
