@@ -8,12 +8,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import replay_to_file, ringbuf_to_file
+from bench import replay_to_file, ringbuf_to_file, shipping
 from bench.measure import Figure
 
 BENCHMARKS = {
     "ringbuf": ringbuf_to_file.run,
     "replay": replay_to_file.run,
+    "shipping": shipping.run,
 }
 
 

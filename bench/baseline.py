@@ -7,6 +7,7 @@ same per-record work on a file, to compare with ``flowlog replay``.
 
     python -m bench.baseline replay RECORDS OUTPUT     (AWS v4 records)
     python -m bench.baseline ringbuf PINNED_RING OUTPUT SECONDS     (flowlog's events)
+    python -m bench.baseline watchtower LINES ENDPOINT COUNT     (baseline b: shipping)
 """
 
 from __future__ import annotations
@@ -140,9 +141,42 @@ def ringbuf(pinned: str, output_path: str, seconds: float) -> None:
         lib.bpf_free_ringbuf(manager)
 
 
+def watchtower_ship(lines_path: str, endpoint: str, count: str) -> None:
+    """Baseline (b): watchtower, the popular Python CloudWatch handler, sending lines."""
+    import logging
+
+    import boto3
+    import watchtower
+
+    client = boto3.client(
+        "logs",
+        endpoint_url=endpoint,
+        region_name="us-west-2",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    handler = watchtower.CloudWatchLogHandler(
+        log_group_name="/aws/eks/bench/cluster",
+        log_stream_name="watchtower",
+        boto3_client=client,
+        create_log_group=True,
+        send_interval=5,
+    )
+    logger = logging.getLogger("flow")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    with open(lines_path) as lines:
+        for _, line in zip(range(int(count)), lines, strict=False):
+            logger.info(line[:-1])
+    handler.close()
+
+
 if __name__ == "__main__":
     command, *args = sys.argv[1:]
     if command == "replay":
         replay(*args)
+    elif command == "watchtower":
+        watchtower_ship(*args)
     else:
         ringbuf(args[0], args[1], float(args[2]))

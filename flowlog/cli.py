@@ -8,6 +8,7 @@ status. Usage and configuration errors print one line and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import importlib
 import sys
 
@@ -26,6 +27,8 @@ SUBCOMMANDS = {
     "ebpf": "flowlog.dataplane.cli",
     "demo": "flowlog.demo.cli",
 }
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 
 EXAMPLES = """\
 examples:
@@ -66,7 +69,24 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def keep_freed_memory() -> None:
+    """Ask glibc to keep large freed blocks instead of returning them at once.
+
+    Batches allocate buffers of a few MB; by default each one is a fresh mmap,
+    and every page of it a page fault on first use (about 0.3 us of system time
+    per event measured). Keeping up to 32 MB blocks in the heap reuses the
+    pages; the resident size stays bounded by the largest batch.
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)
+        libc.mallopt(M_TRIM_THRESHOLD, 128 << 20)
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
+    keep_freed_memory()
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser(argv[0] if argv else None)
     args = parser.parse_args(argv)

@@ -15,7 +15,7 @@ def main() -> int:
     try:
         compile_and_pin(PinLayout(Path(pin_dir)), int(ringbuf_size))
     except Exception as error:  # bcc raises plain Exception for failed loads
-        print(f"cannot load the eBPF programs: {error}".replace("\n", " "), file=sys.stderr)
+        print(str(error).replace("\n", " "), file=sys.stderr)
         return 1
     return 0
 
