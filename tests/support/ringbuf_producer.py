@@ -39,7 +39,7 @@ class RecordProducer:
         self.record_size = record_size
         self.ring_bytes = ring_bytes
         self.bpf = BPF(
-            text=PROGRAM,
+            text=PROGRAM.encode(),
             cflags=[
                 f"-DRECORD_SIZE={record_size}",
                 f"-DRING_PAGES={ring_bytes // os.sysconf('SC_PAGE_SIZE')}",
