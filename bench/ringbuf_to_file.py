@@ -30,9 +30,10 @@ from tests.dataplane.conftest import new_pin_dir, policy_document, write_policy
 from tests.support.agent_process import AgentProcess, wait_until
 
 PEER = "10.42.200.1"
-SWEEP_RATES = (250_000, 500_000, 1_000_000, 1_500_000, 2_000_000)
+SWEEP_RATES = (250_000, 500_000, 1_000_000, 1_250_000, 1_500_000, 2_000_000)
 SWEEP_SECONDS = 5.0
 SUSTAIN_SECONDS = 30.0
+SUSTAIN_ATTEMPTS = 2
 STEADY_RATE, STEADY_SECONDS = 100_000, 60.0
 OUTAGE_SECONDS = 30.0
 TARGET_RATE = 1_000_000
@@ -189,14 +190,19 @@ def run(work: Path) -> list[Figure]:
                     trial = bench.trial(agent, rate, SWEEP_SECONDS)
                     print(trial.line(), flush=True)
                     sweep.append(trial)
-                clean = [t for t in sweep if t.rate and t.lost == 0]
-                candidate = max((t.rate for t in clean), default=SWEEP_RATES[0])
-                print(
-                    f"ring buffer to file: {candidate:,.0f}/s for {SUSTAIN_SECONDS:.0f} s",
-                    flush=True,
-                )
-                sustained = bench.trial(agent, candidate, SUSTAIN_SECONDS)
-                print(sustained.line(), flush=True)
+                # The highest rate that ran clean in the sweep, confirmed for 30 s;
+                # if it loses events after all, the next lower one.
+                clean = sorted((t.rate for t in sweep if t.rate and t.lost == 0), reverse=True)
+                sustained = sweep[0]
+                for candidate in clean[:SUSTAIN_ATTEMPTS]:
+                    print(
+                        f"ring buffer to file: {candidate:,.0f}/s for {SUSTAIN_SECONDS:.0f} s",
+                        flush=True,
+                    )
+                    sustained = bench.trial(agent, candidate, SUSTAIN_SECONDS)
+                    print(sustained.line(), flush=True)
+                    if sustained.lost == 0:
+                        break
                 print(f"steady load: {STEADY_RATE:,}/s for {STEADY_SECONDS:.0f} s", flush=True)
                 steady = bench.trial(agent, STEADY_RATE, STEADY_SECONDS)
                 print(steady.line(), flush=True)

@@ -80,7 +80,7 @@ def keep_freed_memory() -> None:
     try:
         libc = ctypes.CDLL(None)
         libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)
-        libc.mallopt(M_TRIM_THRESHOLD, 128 << 20)
+        libc.mallopt(M_TRIM_THRESHOLD, 64 << 20)
     except (OSError, AttributeError):  # not glibc: nothing to tune
         pass
 

@@ -58,6 +58,7 @@ NEWLINE = ord("\n")
 # absent from flow-log lines.
 FAST_LINE_END = b"\x7f"
 TRUNCATION_MARKER = " [truncated by flowlog]"
+ESCAPE_PIECE_BYTES = 256 << 10
 
 # --- timestamps -----------------------------------------------------------------
 
@@ -191,7 +192,19 @@ def _escape_block(messages: bytes) -> tuple[bytes, np.ndarray] | None:
     the marks are; None if a backslash or a DEL in the block makes that ambiguous."""
     if b"\\" in messages or FAST_LINE_END in messages:
         return None
-    escaped = orjson.dumps(messages.replace(b"\n", FAST_LINE_END).decode())
+    marked = messages.replace(b"\n", FAST_LINE_END)
+    # orjson grows its output buffer to about 15 times the text and keeps it, so
+    # the block is escaped a few hundred KB at a time (cut at line ends) to keep
+    # memory small.
+    pieces = []
+    start = 0
+    while start < len(marked):
+        end = marked.rfind(FAST_LINE_END, start, start + ESCAPE_PIECE_BYTES) + 1
+        if end <= start:
+            end = marked.find(FAST_LINE_END, start + ESCAPE_PIECE_BYTES) + 1 or len(marked)
+        pieces.append(orjson.dumps(marked[start:end].decode())[1:-1])
+        start = end
+    escaped = b'"' + b"".join(pieces) + b'"'
     return escaped, np.flatnonzero(np.frombuffer(escaped, np.uint8) == FAST_LINE_END[0])
 
 

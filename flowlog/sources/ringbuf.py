@@ -37,7 +37,7 @@ DISCARD_BIT = 1 << 30  # record committed as discarded: skip it
 MAX_BATCH_RECORDS = 8192
 # How long to let events accumulate after a wake-up: the ceiling on the
 # latency this adds, and the floor on how rarely a busy agent wakes.
-COALESCE_SECONDS = 0.01
+COALESCE_SECONDS = 0.05
 
 
 def _round_up(value: int, multiple: int) -> int:
