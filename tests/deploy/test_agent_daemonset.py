@@ -108,8 +108,8 @@ def test_node_name_from_the_downward_api_cluster_and_region_from_the_configmap(c
 
 def test_resources_as_stated(container):
     assert container["resources"] == {
-        "requests": {"cpu": "50m", "memory": "96Mi"},
-        "limits": {"memory": "256Mi"},
+        "requests": {"cpu": "100m", "memory": "192Mi"},
+        "limits": {"memory": "320Mi"},
     }
 
 
