@@ -38,7 +38,8 @@ class AwsV4Event(ctypes.Structure):
     ]
 
 
-def line(event: AwsV4Event) -> bytes:
+def line(event: ctypes.Structure, source: bytes, destination: bytes, packet_size: int) -> bytes:
+    """One flow-log line the usual way: a dict, then orjson (IPv4 addresses as 4 bytes)."""
     now = time.time()
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
     return (
@@ -48,15 +49,15 @@ def line(event: AwsV4Event) -> bytes:
                 "timestamp": stamp,
                 "logger": "ebpf-client",
                 "msg": "Flow Info: ",
-                "Src IP": socket.inet_ntoa(bytes(event.src_ip)),
+                "Src IP": socket.inet_ntoa(source),
                 "Src Port": event.src_port,
-                "Dest IP": socket.inet_ntoa(bytes(event.dest_ip)),
+                "Dest IP": socket.inet_ntoa(destination),
                 "Dest Port": event.dest_port,
                 "Proto": PROTOCOLS.get(event.protocol, "UNKNOWN"),
                 "Verdict": VERDICTS.get(event.verdict, "UNKNOWN"),
                 "Direction": "egress" if event.is_egress else "ingress",
                 "Tier": TIERS.get(event.tier, "UNKNOWN"),
-                "Packet Size": event.packet_sz,
+                "Packet Size": packet_size,
             }
         )
         + b"\n"
@@ -68,7 +69,8 @@ def replay(records_path: str, output_path: str) -> None:
     with open(records_path, "rb") as source, open(output_path, "wb") as out:
         data = source.read()
         for offset in range(0, len(data) - size + 1, size):
-            out.write(line(AwsV4Event.from_buffer_copy(data, offset)))
+            event = AwsV4Event.from_buffer_copy(data, offset)
+            out.write(line(event, bytes(event.src_ip), bytes(event.dest_ip), event.packet_sz))
 
 
 class FlowEvent(ctypes.Structure):
@@ -91,31 +93,6 @@ class FlowEvent(ctypes.Structure):
     ]
 
 
-def flow_line(event: FlowEvent) -> bytes:
-    now = time.time()
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
-    return (
-        orjson.dumps(
-            {
-                "level": "info",
-                "timestamp": stamp,
-                "logger": "ebpf-client",
-                "msg": "Flow Info: ",
-                "Src IP": socket.inet_ntoa(bytes(event.src_ip[12:])),
-                "Src Port": event.src_port,
-                "Dest IP": socket.inet_ntoa(bytes(event.dest_ip[12:])),
-                "Dest Port": event.dest_port,
-                "Proto": PROTOCOLS.get(event.protocol, "UNKNOWN"),
-                "Verdict": VERDICTS.get(event.verdict, "UNKNOWN"),
-                "Direction": "egress" if event.is_egress else "ingress",
-                "Tier": TIERS.get(event.tier, "UNKNOWN"),
-                "Packet Size": event.packet_size,
-            }
-        )
-        + b"\n"
-    )
-
-
 RECORD_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int)
 
 
@@ -128,7 +105,9 @@ def ringbuf(pinned: str, output_path: str, seconds: float) -> None:
     with open(output_path, "ab") as out:
 
         def on_event(_context: int, data: int, _size: int) -> int:
-            out.write(flow_line(ctypes.cast(data, ctypes.POINTER(FlowEvent)).contents))
+            event = ctypes.cast(data, ctypes.POINTER(FlowEvent)).contents
+            source, destination = bytes(event.src_ip[12:]), bytes(event.dest_ip[12:])
+            out.write(line(event, source, destination, event.packet_size))
             return 0
 
         callback = RECORD_CALLBACK(on_event)

@@ -68,36 +68,28 @@ FLOW_EVENT = np.dtype(
     ]
 )
 
-# The AWS network policy agent's ring buffer records (aws-network-policy-agent,
-# pkg/ebpf/events): little-endian integers, addresses as in the packet.
-AWS_V4 = np.dtype(
-    [
-        ("src_ip", "u1", (4,)),
-        ("src_port", "<u4"),
-        ("dest_ip", "u1", (4,)),
-        ("dest_port", "<u4"),
-        ("protocol", "<u4"),
-        ("verdict", "<u4"),
-        ("packet_sz", "<u4"),
-        ("is_egress", "u1"),
-        ("tier", "u1"),
-        ("pad", "V2"),
-    ]
-)
-AWS_V6 = np.dtype(
-    [
-        ("src_ip", "u1", (16,)),
-        ("src_port", "<u4"),
-        ("dest_ip", "u1", (16,)),
-        ("dest_port", "<u4"),
-        ("protocol", "<u4"),
-        ("verdict", "<u4"),
-        ("packet_sz", "<u4"),
-        ("is_egress", "u1"),
-        ("tier", "u1"),
-        ("pad", "V2"),
-    ]
-)
+
+def _aws_layout(address_bytes: int) -> np.dtype:
+    """The AWS network policy agent's ring buffer record (aws-network-policy-agent,
+    pkg/ebpf/events): little-endian integers, addresses as in the packet."""
+    return np.dtype(
+        [
+            ("src_ip", "u1", (address_bytes,)),
+            ("src_port", "<u4"),
+            ("dest_ip", "u1", (address_bytes,)),
+            ("dest_port", "<u4"),
+            ("protocol", "<u4"),
+            ("verdict", "<u4"),
+            ("packet_sz", "<u4"),
+            ("is_egress", "u1"),
+            ("tier", "u1"),
+            ("pad", "V2"),
+        ]
+    )
+
+
+AWS_V4 = _aws_layout(4)
+AWS_V6 = _aws_layout(16)
 
 # IPv4 addresses are kept as IPv4-mapped IPv6 (::ffff:a.b.c.d) in FLOW_EVENT.
 V4_MAPPED_PREFIX = bytes(10) + b"\xff\xff"
