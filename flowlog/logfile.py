@@ -46,8 +46,6 @@ class LineSink(Protocol):
     def write(self, block: bytes | memoryview, lines: int) -> bool:
         """Write whole lines; False if they could not be written (already counted)."""
 
-    def flush(self) -> None: ...
-
     def close(self) -> None: ...
 
 
@@ -108,9 +106,6 @@ class StdoutSink:
         metrics.LINES_WRITTEN.inc(lines)
         metrics.BYTES_WRITTEN.inc(len(block))
         return True
-
-    def flush(self) -> None:
-        pass
 
     def close(self) -> None:
         pass
@@ -258,9 +253,6 @@ class RotatingLogFile:
         for future in self._pending:
             future.result(timeout)
         self._pending.clear()
-
-    def flush(self) -> None:
-        """Writes go straight to the kernel; nothing is buffered in this process."""
 
     def close(self) -> None:
         if self.fd >= 0:

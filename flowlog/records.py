@@ -142,7 +142,7 @@ def monotonic_to_epoch_offset_ns() -> int:
 
 def decode(raw: bytes | bytearray | memoryview, layout: Layout) -> FlowBatch:
     """Decode whole records from ``raw`` (its length a multiple of the record size)."""
-    return decode_records(np.frombuffer(raw, dtype=layout.dtype).copy(), layout)
+    return decode_records(np.frombuffer(raw, dtype=layout.dtype), layout)
 
 
 def decode_records(records: np.ndarray, layout: Layout) -> FlowBatch:

@@ -69,10 +69,6 @@ class RingBuffer:
         self._warned_sizes: set[int] = set()
         self._read_up_to: int | None = None
 
-    @property
-    def pending_bytes(self) -> int:
-        return int(self._producer_pos[0]) - int(self._consumer_pos[0])
-
     def read(self, max_records: int = MAX_BATCH_RECORDS) -> FlowBatch | None:
         """The committed records at the head, up to ``max_records``, until ``release()``."""
         self.release()
