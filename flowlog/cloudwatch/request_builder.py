@@ -2,23 +2,19 @@
 
 No Python code runs per event on the common path, and botocore never
 serialises the events (about 5 µs per event): a block of lines becomes a
-*segment* in bulk, and full batches are cut from segments and turned into
-request bodies with a few bytes operations.
+*segment* in bulk, and a full batch is cut from segments and joined into a
+request body with one copy.
 
 * Line boundaries come from one numpy scan for newlines.
 * Every flow-log line carries its timestamp at the same offset, 24 characters
   long, so the timestamps of a whole block are checked and turned into epoch
   milliseconds with array arithmetic. Lines in another format fall back to
   orjson one by one (and, without a readable time, to the time they were read).
-* The block is escaped for JSON in one call: its newlines become DEL bytes,
-  which orjson leaves as they are, and orjson escapes the block as a single
-  string. A block that holds a backslash, a DEL or an oversized line is
-  escaped line by line instead, its lines joined by newline bytes (which
-  orjson never leaves in a string).
-* A request body is the batch's escaped lines with each line end replaced by
-  a fixed-width event separator, ``"},{"timestamp":0000000000000,"message":"``;
-  the 13 digits of every event are then written in place with one numpy
-  assignment through a strided view of the body.
+* One pass in C (``_framing``) escapes the whole block for JSON and puts
+  between consecutive lines the event separator
+  ``"},{"timestamp":<next line's time>,"message":"``. Any run of consecutive
+  lines is then a finished stretch of the request's event array: a body is
+  the request head, the first event's opening, the runs, and the closing.
 
 Each message is exactly the line without its newline, so Logs Insights
 discovers every JSON field. Batches keep every limit of ``limits``: at most
@@ -40,6 +36,7 @@ import numpy as np
 import orjson
 
 from flowlog.cloudwatch import metrics
+from flowlog.cloudwatch._framing import frame_lines
 from flowlog.cloudwatch.limits import (
     EVENT_OVERHEAD_BYTES,
     MAX_BATCH_BYTES,
@@ -53,12 +50,7 @@ from flowlog.cloudwatch.tail import Block, LogFile, Position
 from flowlog.format import HEAD as LINE_HEAD
 
 NEWLINE = ord("\n")
-# Marks line ends through orjson's escaping of a whole block: valid JSON text as
-# it is (so orjson leaves it alone), one byte (so finding it is a memchr), and
-# absent from flow-log lines.
-FAST_LINE_END = b"\x7f"
 TRUNCATION_MARKER = " [truncated by flowlog]"
-ESCAPE_PIECE_BYTES = 256 << 10
 
 # --- timestamps -----------------------------------------------------------------
 
@@ -147,14 +139,14 @@ def timestamp_of_line(line: bytes) -> int | None:
 
 @dataclass
 class Segment:
-    """The sendable events of one block, escaped and measured (arrays per event)."""
+    """The sendable events of one block, framed and measured (arrays per event)."""
 
     file: LogFile
     end: int  # file offset after the block
-    escaped: bytes  # every line of the block, JSON-escaped, each followed by ``line_end``
-    line_end: bytes  # one byte
-    escaped_starts: np.ndarray
-    escaped_ends: np.ndarray
+    text: bytearray  # every line of the block, escaped, joined by event separators
+    text_starts: np.ndarray  # where each event's message starts in ``text``
+    text_ends: np.ndarray
+    lines: np.ndarray  # each event's line number in the block: gaps are skipped lines
     timestamps: np.ndarray  # epoch ms
     cumulative_bytes: np.ndarray  # len + 1: bytes of events [i, j) = c[j] - c[i], 26 each included
     positions: np.ndarray  # file offset after each event's line
@@ -187,51 +179,30 @@ class Segment:
         return min(by_count, by_bytes, by_order, by_span)
 
 
-def _escape_block(messages: bytes) -> tuple[bytes, np.ndarray] | None:
-    """orjson's escaping of the whole block with its newlines marked by DEL, and where
-    the marks are; None if a backslash or a DEL in the block makes that ambiguous."""
-    if b"\\" in messages or FAST_LINE_END in messages:
-        return None
-    marked = messages.replace(b"\n", FAST_LINE_END)
-    # orjson grows its output buffer to about 15 times the text and keeps it, so
-    # the block is escaped a few hundred KB at a time (cut at line ends) to keep
-    # memory small.
-    pieces = []
-    start = 0
-    while start < len(marked):
-        end = marked.rfind(FAST_LINE_END, start, start + ESCAPE_PIECE_BYTES) + 1
-        if end <= start:
-            end = marked.find(FAST_LINE_END, start + ESCAPE_PIECE_BYTES) + 1 or len(marked)
-        pieces.append(orjson.dumps(marked[start:end].decode())[1:-1])
-        start = end
-    escaped = b'"' + b"".join(pieces) + b'"'
-    return escaped, np.flatnonzero(np.frombuffer(escaped, np.uint8) == FAST_LINE_END[0])
-
-
-def _escape_lines(
-    messages: bytes, starts: np.ndarray, lengths: np.ndarray
-) -> tuple[bytes, np.ndarray, np.ndarray]:
-    """The slow path: line by line, cutting oversized lines short. Returns the
-    escaped lines (each followed by a newline byte), where those newlines are,
-    and the message sizes."""
+def _truncate_oversized(
+    messages: bytes, starts: np.ndarray, lengths: np.ndarray, oversized: np.ndarray
+) -> tuple[bytes, np.ndarray]:
+    """The block with each line over the event size limit cut short (at a character
+    boundary) and marked; and the new line lengths."""
+    room = MAX_MESSAGE_BYTES - len(TRUNCATION_MARKER.encode())
+    marker = TRUNCATION_MARKER.encode()
     pieces = []
     sizes = lengths.copy()
-    for index, (start, length) in enumerate(zip(starts.tolist(), lengths.tolist(), strict=True)):
-        text = messages[start : start + length].decode()
-        if length > MAX_MESSAGE_BYTES:
-            room = MAX_MESSAGE_BYTES - len(TRUNCATION_MARKER.encode())
-            text = text.encode()[:room].decode(errors="ignore") + TRUNCATION_MARKER
-            sizes[index] = len(text.encode())
-        pieces.append(orjson.dumps(text)[1:-1])
-    escaped = b"\n".join(pieces) + b"\n"
-    escaped_lengths = np.fromiter(map(len, pieces), np.int64, len(pieces))
-    return escaped, np.cumsum(escaped_lengths + 1) - 1, sizes
+    done = 0
+    for index in np.flatnonzero(oversized).tolist():
+        start = int(starts[index])
+        kept = messages[start : start + room].decode(errors="ignore").encode() + marker
+        pieces += [messages[done:start], kept]
+        sizes[index] = len(kept)
+        done = start + int(lengths[index])
+    pieces.append(messages[done:])
+    return b"".join(pieces), sizes
 
 
-def _line_starts(ends: np.ndarray, first: int = 0) -> np.ndarray:
+def _line_starts(ends: np.ndarray) -> np.ndarray:
     starts = np.empty(len(ends), np.int64)
     if len(ends):
-        starts[0] = first
+        starts[0] = 0
         starts[1:] = ends[:-1] + 1
     return starts
 
@@ -269,19 +240,17 @@ def prepare(block: Block, at_ms: int) -> Segment:
             metrics.EVENTS_SKIPPED.labels(reason=reason).inc(skipped)
     keep &= ~too_old & ~too_new
 
+    sizes = lengths
     oversized = lengths > MAX_MESSAGE_BYTES
-    escaped_block = None if oversized.any() else _escape_block(messages)
-    if escaped_block is not None:
-        escaped, escaped_ends = escaped_block
-        line_end = FAST_LINE_END
-        escaped_starts = _line_starts(escaped_ends, first=1)  # after orjson's opening quote
-        sizes = lengths
-    else:
-        escaped, escaped_ends, sizes = _escape_lines(messages, starts, lengths)
-        line_end = b"\n"
-        escaped_starts = _line_starts(escaped_ends)
+    if oversized.any():
+        messages, sizes = _truncate_oversized(messages, starts, lengths, oversized)
         if truncated := int(np.count_nonzero(oversized & keep)):
             metrics.EVENTS_TRUNCATED.inc(truncated)
+
+    text_starts = np.empty(len(newlines), np.int64)
+    text_ends = np.empty(len(newlines), np.int64)
+    # Skipped lines may have any time; the separators before them are never sent.
+    text = frame_lines(messages, np.maximum(timestamps, 0), text_starts, text_ends)
 
     kept = np.flatnonzero(keep)
     kept_timestamps = timestamps[kept]
@@ -290,10 +259,10 @@ def prepare(block: Block, at_ms: int) -> Segment:
     return Segment(
         file=block.file,
         end=block.end,
-        escaped=escaped,
-        line_end=line_end,
-        escaped_starts=escaped_starts[kept],
-        escaped_ends=escaped_ends[kept],
+        text=text,
+        text_starts=text_starts[kept],
+        text_ends=text_ends[kept],
+        lines=kept,
         timestamps=kept_timestamps,
         cumulative_bytes=cumulative,
         positions=positions[kept],
@@ -324,13 +293,12 @@ def _timestamp_slowly(
 
 # --- batches -------------------------------------------------------------------
 
-TIMESTAMP_DIGITS = 13  # epoch milliseconds from 2001 to 2286; anything else is skipped
-_TIMESTAMP_KEY = b'{"timestamp":'
-EVENT_OPEN = _TIMESTAMP_KEY + b"0" * TIMESTAMP_DIGITS + b',"message":"'
 EVENT_CLOSE = b'"}'
-SEPARATOR = EVENT_CLOSE + b"," + EVENT_OPEN
 BODY_END = EVENT_CLOSE + b"]}"
-_POWERS_OF_TEN = 10 ** np.arange(TIMESTAMP_DIGITS - 1, -1, -1, dtype=np.int64)
+
+
+def event_opening(timestamp: int) -> bytes:
+    return b'{"timestamp":%d,"message":"' % timestamp
 
 
 @dataclass
@@ -353,38 +321,6 @@ def request_head(log_group: str, log_stream: str) -> bytes:
         + orjson.dumps(log_stream)
         + b',"logEvents":['
     )
-
-
-def build_body(
-    head: bytes,
-    escaped_runs: list[tuple[bytes, bytes]],
-    timestamps: np.ndarray,
-    escaped_lengths: np.ndarray,
-) -> bytes:
-    """The request body for events whose escaped messages are in ``escaped_runs``:
-    (text, line end) pairs, each text holding whole messages separated by its line end."""
-    body = bytearray(head)
-    body += EVENT_OPEN
-    if len(escaped_runs) == 1:
-        text, line_end = escaped_runs[0]
-        body += text.replace(line_end, SEPARATOR)
-    else:
-        body += SEPARATOR.join(text.replace(end, SEPARATOR) for text, end in escaped_runs)
-    body += BODY_END
-    offsets = (
-        len(head)
-        + len(_TIMESTAMP_KEY)
-        + np.cumsum(escaped_lengths)
-        - escaped_lengths
-        + np.arange(len(timestamps), dtype=np.int64) * len(SEPARATOR)
-    )
-    digits = (timestamps[:, None] // _POWERS_OF_TEN % 10 + ord("0")).astype(np.uint8)
-    view = np.frombuffer(body, np.uint8)
-    windows = np.lib.stride_tricks.as_strided(
-        view, (len(view) - TIMESTAMP_DIGITS + 1, TIMESTAMP_DIGITS), (1, 1)
-    )
-    windows[offsets] = digits
-    return bytes(body)
 
 
 class RequestBuilder:
@@ -478,15 +414,16 @@ class RequestBuilder:
         )
 
     def _body(self, parts: list[tuple[Segment, int, int]]) -> bytes:
-        runs: list[tuple[bytes, bytes]] = []
+        pieces: list[bytes | memoryview] = [self.head]
+        separator = b""
         for segment, start, end in parts:
-            starts = segment.escaped_starts[start:end]
-            ends = segment.escaped_ends[start:end]
-            # Skipped lines between events split the escaped text into runs.
-            gaps = np.flatnonzero(starts[1:] != ends[:-1] + 1) + 1
-            for first, stop in pairwise([0, *gaps.tolist(), end - start]):
-                text = segment.escaped[int(starts[first]) : int(ends[stop - 1])]
-                runs.append((text, segment.line_end))
-        timestamps = np.concatenate([s.timestamps[a:b] for s, a, b in parts])
-        lengths = np.concatenate([s.escaped_ends[a:b] - s.escaped_starts[a:b] for s, a, b in parts])
-        return build_body(self.head, runs, timestamps, lengths)
+            text = memoryview(segment.text)
+            lines = segment.lines[start:end]
+            # Skipped lines split a segment's events into runs of consecutive lines.
+            gaps = (np.flatnonzero(lines[1:] != lines[:-1] + 1) + 1 + start).tolist()
+            for first, stop in pairwise([start, *gaps, end]):
+                run = text[int(segment.text_starts[first]) : int(segment.text_ends[stop - 1])]
+                pieces += [separator, event_opening(int(segment.timestamps[first])), run]
+                separator = EVENT_CLOSE + b","
+        pieces.append(BODY_END)
+        return b"".join(pieces)
