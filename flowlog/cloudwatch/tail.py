@@ -17,7 +17,7 @@ what was written before the rename is still read to the end before moving on
 to the new live file. A line longer than a block is sent cut short (the
 builder truncates it) and the rest of it skipped.
 
-All methods take one lock: the exporter reads on its worker thread while the
+All methods take one lock: the exporter reads on its event loop while the
 log writer's housekeeping thread calls ``before_delete``.
 """
 
@@ -39,7 +39,7 @@ from flowlog.logfile import COMPRESSED_SUFFIX, list_backups
 
 log = logging.getLogger(__name__)
 
-BLOCK_BYTES = 4 << 20
+BLOCK_BYTES = 1 << 20
 FINGERPRINT_BYTES = 4096
 SCAN_BYTES = 1 << 20
 GZIP_SIZE_TRAILER = 4  # ISIZE: the uncompressed size modulo 2**32
