@@ -120,6 +120,7 @@ class CloudWatchExporter:
         self._checkpoint_failing = False
         self._flush_waiters = 0
         self._destination_ready = False
+        self._destination_checked = asyncio.Lock()
         self._problem: str | None = None
         self._problem_key: tuple[str, str] | None = None
         self._transient_failures = 0
@@ -277,8 +278,7 @@ class CloudWatchExporter:
         assert batch.body is not None
         try:
             if not self._destination_ready:
-                await self._service.ensure_destination()
-                self._destination_ready = True
+                await self._ensure_destination()
             response = await self._service.put_log_events(batch.body)
         except Exception as error:
             failure = classify(error)
@@ -292,6 +292,13 @@ class CloudWatchExporter:
             raise
         self._clear_problem()
         self._count_accepted(batch, response)
+
+    async def _ensure_destination(self) -> None:
+        # The calls in flight wait for one of them to look the group and stream up.
+        async with self._destination_checked:
+            if not self._destination_ready:
+                await self._service.ensure_destination()
+                self._destination_ready = True
 
     async def _backoff(self, seconds: float) -> None:
         try:

@@ -10,6 +10,7 @@ retries are off (``total_max_attempts=1``): ``retry`` decides.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 from typing import Any
@@ -56,9 +57,16 @@ class CloudWatchLogs:
         )
         self._exit_stack = contextlib.AsyncExitStack()
         self._client: Any = None
+        # Calls in flight ask for the client together; one makes it (a client
+        # holds about 9 MB of botocore's endpoint and service data).
+        self._client_made = asyncio.Lock()
 
     async def _logs(self) -> Any:
-        if self._client is None:
+        if self._client is not None:
+            return self._client
+        async with self._client_made:
+            if self._client is not None:
+                return self._client
             client = await self._exit_stack.enter_async_context(
                 get_session().create_client(
                     "logs",
@@ -69,7 +77,7 @@ class CloudWatchLogs:
             )
             client.meta.events.register(PUT_LOG_EVENTS_HOOK, _use_prebuilt_body)
             self._client = client
-        return self._client
+            return client
 
     async def put_log_events(self, body: bytes) -> dict[str, Any]:
         """Send a body from ``request_builder``; the parsed response."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import gc
 import time
 from collections import Counter
@@ -10,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from flowlog.cloudwatch.checkpoint import checkpoint_path_for, read_checkpoint
 from flowlog.cloudwatch.exporter import CloudWatchExporter
@@ -88,8 +90,68 @@ def test_every_line_of_many_batches_arrives_once_in_full_calls_within_the_limits
         for call in calls
     )
     assert fullness[1] >= 0.95  # every call full by the binding limit but the last one
+    # The calls that start together look the destination up once.
+    assert len(cloudwatch_proxy.calls_of("DescribeLogGroups")) == 1
+    assert len(cloudwatch_proxy.calls_of("CreateLogStream")) == 1
     checkpoint = read_checkpoint(checkpoint_path_for(log_path))
     assert checkpoint is not None and checkpoint.offset == log_path.stat().st_size
+
+
+def test_calls_made_together_share_one_client_and_one_credential_fetch(
+    settings: Settings,
+    log_path: Path,
+    cloudwatch: LocalCloudWatch,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Credentials from the EKS Pod Identity agent's endpoint, as on a node; fetching them
+    # suspends client creation, so the calls that start together all ask for a client.
+    # Each client would hold about 9 MB of botocore's endpoint and service data.
+    fetches: list[str] = []
+
+    async def pod_identity(request: web.Request) -> web.Response:
+        fetches.append(request.headers.get("Authorization", ""))
+        expiration = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)
+        return web.json_response(
+            {
+                "AccessKeyId": "testing",
+                "SecretAccessKey": "testing",
+                "Token": "testing",
+                "Expiration": expiration.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            }
+        )
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(log_path.parent / "no-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(log_path.parent / "no-credentials"))
+    monkeypatch.setenv("AWS_CONTAINER_AUTHORIZATION_TOKEN", "pod-identity-token")
+    items = lines(40_000, start_ms=now_ms() - HOUR_MS)
+    log_path.write_bytes(text(items))
+
+    async def scenario() -> None:
+        app = web.Application()
+        app.router.add_get("/v1/credentials", pod_identity)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        monkeypatch.setenv(
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI", f"http://127.0.0.1:{port}/v1/credentials"
+        )
+        try:
+            async with running(exporter_for(settings, log_path)) as exporter:
+                assert await exporter.wait_acknowledged(60)
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(scenario())
+    assert fetches == ["pod-identity-token"]
+    for name, value in cloudwatch.client_environment().items():
+        monkeypatch.setenv(name, value)
+    assert Counter(stored_messages(cloudwatch.endpoint, cloudwatch.region, settings)) == Counter(
+        items
+    )
 
 
 def test_request_bodies_are_released_once_their_calls_are_done(
