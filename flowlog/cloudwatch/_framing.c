@@ -288,11 +288,113 @@ done:
     return result;
 }
 
+/* Flow-log timestamps ------------------------------------------------------ */
+
+#define TIMESTAMP_TEXT_LEN 25 /* YYYY-MM-DDTHH:MM:SS.mmmZ" */
+
+static int read_digits(const unsigned char *text, int count, int64_t *value)
+{
+    int64_t result = 0;
+    for (int i = 0; i < count; i++) {
+        unsigned digit = (unsigned)text[i] - '0';
+        if (digit > 9)
+            return 0;
+        result = result * 10 + digit;
+    }
+    *value = result;
+    return 1;
+}
+
+/* Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm). */
+static int64_t days_from_civil(int64_t year, int64_t month, int64_t day)
+{
+    year -= month <= 2;
+    int64_t era = (year >= 0 ? year : year - 399) / 400;
+    int64_t year_of_era = year - era * 400;
+    int64_t day_of_year = (153 * (month + (month > 2 ? -3 : 9)) + 2) / 5 + day - 1;
+    int64_t day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    return era * 146097 + day_of_era - 719468;
+}
+
+/* The epoch milliseconds of "YYYY-MM-DDTHH:MM:SS.mmmZ\"" in *epoch_ms; 0 if the text
+ * is not such a timestamp. */
+static int parse_timestamp(const unsigned char *text, int64_t *epoch_ms)
+{
+    static const struct {
+        int offset, width;
+        int64_t low, high;
+    } fields[] = {
+        {0, 4, 0, 9999}, {5, 2, 1, 12}, {8, 2, 1, 31}, {11, 2, 0, 23},
+        {14, 2, 0, 59}, {17, 2, 0, 59}, {20, 3, 0, 999},
+    };
+    int64_t value[7];
+    if (text[4] != '-' || text[7] != '-' || text[10] != 'T' || text[13] != ':' ||
+        text[16] != ':' || text[19] != '.' || text[23] != 'Z' || text[24] != '"')
+        return 0;
+    for (int i = 0; i < 7; i++) {
+        if (!read_digits(text + fields[i].offset, fields[i].width, &value[i]) ||
+            value[i] < fields[i].low || value[i] > fields[i].high)
+            return 0;
+    }
+    int64_t days = days_from_civil(value[0], value[1], value[2]);
+    *epoch_ms = days * 86400000 + ((value[3] * 60 + value[4]) * 60 + value[5]) * 1000 + value[6];
+    return 1;
+}
+
+static PyObject *line_times(PyObject *module, PyObject *args)
+{
+    Py_buffer data, head, starts, lengths, times, parsed;
+    PyObject *result = NULL;
+
+    (void)module;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*w*w*:line_times", &data, &head, &starts, &lengths,
+                          &times, &parsed))
+        return NULL;
+    Py_ssize_t lines = starts.len / 8;
+    if (check_int64_buffer(&starts, lines, "starts") < 0 ||
+        check_int64_buffer(&lengths, lines, "lengths") < 0 ||
+        check_int64_buffer(&times, lines, "times") < 0)
+        goto done;
+    if (parsed.itemsize != 1 || parsed.len != lines) {
+        PyErr_Format(PyExc_ValueError, "parsed must hold one byte per line (%zd lines)", lines);
+        goto done;
+    }
+    const unsigned char *in = data.buf;
+    const int64_t *line_starts = starts.buf;
+    const int64_t *line_lengths = lengths.buf;
+    int64_t *line_times = times.buf;
+    uint8_t *line_parsed = parsed.buf;
+    Py_ssize_t width = head.len + TIMESTAMP_TEXT_LEN;
+    for (Py_ssize_t line = 0; line < lines; line++) {
+        int64_t start = line_starts[line], time = 0;
+        int ok = start >= 0 && line_lengths[line] >= width && start + width <= data.len &&
+                 memcmp(in + start, head.buf, (size_t)head.len) == 0 &&
+                 parse_timestamp(in + start + head.len, &time);
+        line_parsed[line] = (uint8_t)ok;
+        line_times[line] = ok ? time : 0;
+    }
+    result = Py_NewRef(Py_None);
+
+done:
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&head);
+    PyBuffer_Release(&starts);
+    PyBuffer_Release(&lengths);
+    PyBuffer_Release(&times);
+    PyBuffer_Release(&parsed);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"frame_lines", frame_lines, METH_VARARGS,
      "frame_lines(data, timestamps, starts, ends) -> bytearray\n\n"
      "Escape complete lines for JSON and join them with PutLogEvents event\n"
      "separators carrying the next line's timestamp; fill starts and ends."},
+    {"line_times", line_times, METH_VARARGS,
+     "line_times(data, head, starts, lengths, times, parsed)\n\n"
+     "For each line that starts with head and a YYYY-MM-DDTHH:MM:SS.mmmZ\"\n"
+     "timestamp, its epoch milliseconds in times and 1 in parsed; 0 and 0\n"
+     "for the others."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -8,8 +8,9 @@ request body with one copy.
 * Line boundaries come from one numpy scan for newlines.
 * Every flow-log line carries its timestamp at the same offset, 24 characters
   long, so the timestamps of a whole block are checked and turned into epoch
-  milliseconds with array arithmetic. Lines in another format fall back to
-  orjson one by one (and, without a readable time, to the time they were read).
+  milliseconds in one C call (``_framing.line_times``). Lines in another format
+  fall back to orjson one by one (and, without a readable time, to the time
+  they were read).
 * One pass in C (``_framing``) escapes the whole block for JSON and puts
   between consecutive lines the event separator
   ``"},{"timestamp":<next line's time>,"message":"``. Any run of consecutive
@@ -36,7 +37,7 @@ import numpy as np
 import orjson
 
 from flowlog.cloudwatch import metrics
-from flowlog.cloudwatch._framing import frame_lines
+from flowlog.cloudwatch._framing import frame_lines, line_times
 from flowlog.cloudwatch.limits import (
     EVENT_OVERHEAD_BYTES,
     MAX_BATCH_BYTES,
@@ -54,27 +55,6 @@ TRUNCATION_MARKER = " [truncated by flowlog]"
 
 # --- timestamps -----------------------------------------------------------------
 
-# The start of every flow-log line, up to and including the quote closing its
-# timestamp; 9 stands for a digit.
-LINE_TEMPLATE = np.frombuffer(LINE_HEAD + b'9999-99-99T99:99:99.999Z"', np.uint8)
-_DIGIT_MARK = ord("9")
-_DIGIT_COLUMNS = np.flatnonzero(LINE_TEMPLATE == _DIGIT_MARK)
-_FIXED_COLUMNS = np.flatnonzero(LINE_TEMPLATE != _DIGIT_MARK)
-# Within the 17 digits: year 4, month 2, day 2, hour 2, minute 2, second 2, millisecond 3.
-_FIELD_WIDTHS = (4, 2, 2, 2, 2, 2, 3)
-_FIELD_LIMITS = ((0, 9999), (1, 12), (1, 31), (0, 23), (0, 59), (0, 59), (0, 999))
-DAY_MS = 86_400_000
-
-
-def _days_from_civil(year: np.ndarray, month: np.ndarray, day: np.ndarray) -> np.ndarray:
-    """Days since 1970-01-01 of proleptic Gregorian dates (Howard Hinnant's algorithm)."""
-    year = year - (month <= 2)
-    era = year // 400
-    year_of_era = year - era * 400
-    day_of_year = (153 * (month + np.where(month > 2, -3, 9)) + 2) // 5 + day - 1
-    day_of_era = year_of_era * 365 + year_of_era // 4 - year_of_era // 100 + day_of_year
-    return era * 146_097 + day_of_era - 719_468
-
 
 def parse_timestamps(
     buffer: np.ndarray, starts: np.ndarray, lengths: np.ndarray
@@ -84,29 +64,11 @@ def parse_timestamps(
     A line parses when it starts like every flow-log line does, with a valid
     ``YYYY-MM-DDTHH:MM:SS.mmmZ`` timestamp; for the others the time is 0.
     """
-    width = len(LINE_TEMPLATE)
-    count = len(starts)
-    if len(buffer) < width or count == 0:
-        return np.zeros(count, np.int64), np.zeros(count, bool)
-    fits = (lengths >= width) & (starts + width <= len(buffer))
-    windows = np.lib.stride_tricks.as_strided(buffer, (len(buffer) - width + 1, width), (1, 1))
-    rows = windows[np.where(fits, starts, 0)]
-    parsed = fits & (rows[:, _FIXED_COLUMNS] == LINE_TEMPLATE[_FIXED_COLUMNS]).all(axis=1)
-    digits = rows[:, _DIGIT_COLUMNS].astype(np.int64) - ord("0")
-    parsed &= ((digits >= 0) & (digits <= 9)).all(axis=1)
-    fields = []
-    column = 0
-    for field_width, (low, high) in zip(_FIELD_WIDTHS, _FIELD_LIMITS, strict=True):
-        value = digits[:, column]
-        for next_column in range(column + 1, column + field_width):
-            value = value * 10 + digits[:, next_column]
-        parsed &= (value >= low) & (value <= high)
-        fields.append(value)
-        column += field_width
-    year, month, day, hour, minute, second, millisecond = fields
-    days = _days_from_civil(year, month, day)
-    epoch_ms = days * DAY_MS + ((hour * 60 + minute) * 60 + second) * 1000 + millisecond
-    return np.where(parsed, epoch_ms, 0), parsed
+    starts = np.ascontiguousarray(starts, np.int64)
+    times = np.empty(len(starts), np.int64)
+    parsed = np.empty(len(starts), bool)
+    line_times(buffer, LINE_HEAD, starts, np.ascontiguousarray(lengths, np.int64), times, parsed)
+    return times, parsed
 
 
 def timestamp_of_line(line: bytes) -> int | None:

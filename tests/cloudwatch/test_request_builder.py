@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import random
 import time
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from flowlog.cloudwatch.tail import Block, LogFile
 from tests.cloudwatch.conftest import metric_delta
 from tests.cloudwatch.flow_lines import iso, line, lines, now_ms, text
 
+EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 GROUP, STREAM = "/aws/eks/test/cluster", "aws-network-policy-agent-audit-ip-10-0-0-1"
 FILE = LogFile(Path("network-policy-agent.log"), "f1", (0, 0))
 
@@ -82,6 +84,8 @@ def botocore_body(events: list[dict]) -> dict:
         "2026-12-31T23:59:59.999Z",
         "2100-03-01T12:34:56.789Z",
         "1970-01-01T00:00:00.000Z",
+        "1969-12-31T23:59:59.999Z",
+        "0001-03-01T00:00:00.000Z",
     ],
 )
 def test_timestamps_are_parsed_like_the_standard_library(moment: str) -> None:
@@ -91,6 +95,25 @@ def test_timestamps_are_parsed_like_the_standard_library(moment: str) -> None:
     parsed_ms, parsed = parse_timestamps(buffer, np.array([0]), np.array([len(data) - 1]))
     assert parsed.tolist() == [True]
     assert parsed_ms.tolist() == [round(expected.timestamp() * 1000)]
+
+
+def test_a_block_of_random_times_is_parsed_like_the_standard_library() -> None:
+    chooser = random.Random(3)
+    first = datetime.datetime(1, 1, 1, tzinfo=datetime.UTC)
+    span_ms = int((datetime.datetime(9999, 12, 31, tzinfo=datetime.UTC) - first).total_seconds())
+    moments = [
+        first + datetime.timedelta(milliseconds=chooser.randrange(span_ms * 1000))
+        for _ in range(5000)
+    ]
+    texts = [f"{m.year:04d}-{m:%m-%dT%H:%M:%S}.{m.microsecond // 1000:03d}Z" for m in moments]
+    items = [line(0, index).replace(iso(0), text) for index, text in enumerate(texts)]
+    data = "".join(item + "\n" for item in items).encode()
+    lengths = np.array([len(item) for item in items])
+    starts = np.cumsum(lengths + 1) - lengths - 1
+    parsed_ms, parsed = parse_timestamps(np.frombuffer(data, np.uint8), starts, lengths)
+    assert parsed.all()
+    expected = [round((m - EPOCH).total_seconds() * 1000) for m in moments]
+    assert parsed_ms.tolist() == expected
 
 
 @pytest.mark.parametrize(
