@@ -146,8 +146,8 @@ def _truncate_oversized(
 ) -> tuple[bytes, np.ndarray]:
     """The block with each line over the event size limit cut short (at a character
     boundary) and marked; and the new line lengths."""
-    room = MAX_MESSAGE_BYTES - len(TRUNCATION_MARKER.encode())
     marker = TRUNCATION_MARKER.encode()
+    room = MAX_MESSAGE_BYTES - len(marker)
     pieces = []
     sizes = lengths.copy()
     done = 0
