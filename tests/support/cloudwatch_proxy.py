@@ -2,7 +2,7 @@
 
 Clients talk to ``proxy.endpoint`` exactly as they would to CloudWatch; every
 request is forwarded to moto over real HTTP and recorded (operation, decoded
-JSON body, HTTP status). Faults answer chosen calls the way CloudWatch does
+JSON body, path and headers, HTTP status). Faults answer chosen calls the way CloudWatch does
 (for example a throttle: HTTP 400 with ``__type`` ThrottlingException),
 which botocore and aiobotocore treat as the real thing.
 """
@@ -29,6 +29,8 @@ class Call:
     operation: str  # e.g. "PutLogEvents"
     body: dict[str, Any]
     status: int = 0
+    path: str = "/"
+    headers: dict[str, str] = field(default_factory=dict)
     response: dict[str, Any] | None = None
 
 
@@ -78,7 +80,12 @@ class CloudWatchProxy:
     async def _handle(self, request: web.Request) -> web.Response:
         raw = await request.read()
         target = request.headers.get("X-Amz-Target", "")
-        call = Call(target.rpartition(".")[2], orjson.loads(raw) if raw else {})
+        call = Call(
+            target.rpartition(".")[2],
+            orjson.loads(raw) if raw else {},
+            path=request.path_qs,
+            headers=dict(request.headers),
+        )
         with self._lock:
             self.calls.append(call)
             fault = next(
