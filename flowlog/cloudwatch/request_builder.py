@@ -2,20 +2,18 @@
 
 No Python code runs per event on the common path, and botocore never
 serialises the events (about 5 µs per event): a block of lines becomes a
-*segment* in bulk, and a full batch is cut from segments and joined into a
-request body with one copy.
+*segment* in bulk (arrays per event), a full batch is cut from segments, and
+its request body is written in one pass.
 
-* Line boundaries come from one numpy scan for newlines.
+* Line boundaries come from one C scan for newlines (``_framing.line_ends``).
 * Every flow-log line carries its timestamp at the same offset, 24 characters
   long, so the timestamps of a whole block are checked and turned into epoch
   milliseconds in one C call (``_framing.line_times``). Lines in another format
   fall back to orjson one by one (and, without a readable time, to the time
   they were read).
-* One pass in C (``_framing``) escapes the whole block for JSON and puts
-  between consecutive lines the event separator
-  ``"},{"timestamp":<next line's time>,"message":"``. Any run of consecutive
-  lines is then a finished stretch of the request's event array: a body is
-  the request head, the first event's opening, the runs, and the closing.
+* One C call (``_framing.frame_events``) writes the request body: the head,
+  each event's line escaped for JSON in its ``{"timestamp":…,"message":…}``,
+  and the closing.
 
 Each message is exactly the line without its newline, so Logs Insights
 discovers every JSON field. Batches keep every limit of ``limits``: at most
@@ -31,13 +29,12 @@ import datetime
 import time
 from collections import deque
 from dataclasses import dataclass
-from itertools import pairwise
 
 import numpy as np
 import orjson
 
 from flowlog.cloudwatch import metrics
-from flowlog.cloudwatch._framing import frame_lines, line_times
+from flowlog.cloudwatch._framing import frame_events, line_ends, line_times
 from flowlog.cloudwatch.limits import (
     EVENT_OVERHEAD_BYTES,
     MAX_BATCH_BYTES,
@@ -50,7 +47,6 @@ from flowlog.cloudwatch.limits import (
 from flowlog.cloudwatch.tail import Block, LogFile, Position
 from flowlog.format import HEAD as LINE_HEAD
 
-NEWLINE = ord("\n")
 TRUNCATION_MARKER = " [truncated by flowlog]"
 
 # --- timestamps -----------------------------------------------------------------
@@ -101,14 +97,13 @@ def timestamp_of_line(line: bytes) -> int | None:
 
 @dataclass
 class Segment:
-    """The sendable events of one block, framed and measured (arrays per event)."""
+    """The sendable events of one block, measured (arrays per event)."""
 
     file: LogFile
     end: int  # file offset after the block
-    text: bytearray  # every line of the block, escaped, joined by event separators
-    text_starts: np.ndarray  # where each event's message starts in ``text``
-    text_ends: np.ndarray
-    lines: np.ndarray  # each event's line number in the block: gaps are skipped lines
+    messages: bytes  # the block's lines as sent (invalid UTF-8 replaced, long lines cut)
+    starts: np.ndarray  # where each event's message starts in ``messages``
+    lengths: np.ndarray  # its UTF-8 bytes
     timestamps: np.ndarray  # epoch ms
     cumulative_bytes: np.ndarray  # len + 1: bytes of events [i, j) = c[j] - c[i], 26 each included
     positions: np.ndarray  # file offset after each event's line
@@ -169,10 +164,14 @@ def _line_starts(ends: np.ndarray) -> np.ndarray:
     return starts
 
 
+def _newlines(data: bytes) -> np.ndarray:
+    return np.frombuffer(line_ends(data), np.int64)
+
+
 def prepare(block: Block, at_ms: int) -> Segment:
     """Turn a block of complete lines into a segment of sendable events, counting the rest."""
     raw = block.data
-    newlines = np.flatnonzero(np.frombuffer(raw, np.uint8) == NEWLINE)
+    newlines = _newlines(raw)
     positions = block.start + newlines + 1
     positions[-1] = block.end
     messages = raw
@@ -182,7 +181,7 @@ def prepare(block: Block, at_ms: int) -> Segment:
         except UnicodeDecodeError:
             # Invalid UTF-8 becomes U+FFFD, as CloudWatch needs; newlines stay put.
             messages = raw.decode(errors="replace").encode()
-            newlines = np.flatnonzero(np.frombuffer(messages, np.uint8) == NEWLINE)
+            newlines = _newlines(messages)
     starts = _line_starts(newlines)
     lengths = newlines - starts
 
@@ -202,29 +201,24 @@ def prepare(block: Block, at_ms: int) -> Segment:
             metrics.EVENTS_SKIPPED.labels(reason=reason).inc(skipped)
     keep &= ~too_old & ~too_new
 
-    sizes = lengths
     oversized = lengths > MAX_MESSAGE_BYTES
     if oversized.any():
-        messages, sizes = _truncate_oversized(messages, starts, lengths, oversized)
+        messages, lengths = _truncate_oversized(messages, starts, lengths, oversized)
+        starts = _line_starts(np.cumsum(lengths + 1) - 1)
         if truncated := int(np.count_nonzero(oversized & keep)):
             metrics.EVENTS_TRUNCATED.inc(truncated)
 
-    text_starts = np.empty(len(newlines), np.int64)
-    text_ends = np.empty(len(newlines), np.int64)
-    # Skipped lines may have any time; the separators before them are never sent.
-    text = frame_lines(messages, np.maximum(timestamps, 0), text_starts, text_ends)
-
     kept = np.flatnonzero(keep)
     kept_timestamps = timestamps[kept]
+    kept_lengths = lengths[kept]
     cumulative = np.zeros(len(kept) + 1, np.int64)
-    np.cumsum(sizes[kept] + EVENT_OVERHEAD_BYTES, out=cumulative[1:])
+    np.cumsum(kept_lengths + EVENT_OVERHEAD_BYTES, out=cumulative[1:])
     return Segment(
         file=block.file,
         end=block.end,
-        text=text,
-        text_starts=text_starts[kept],
-        text_ends=text_ends[kept],
-        lines=kept,
+        messages=messages,
+        starts=starts[kept],
+        lengths=kept_lengths,
         timestamps=kept_timestamps,
         cumulative_bytes=cumulative,
         positions=positions[kept],
@@ -254,13 +248,6 @@ def _timestamp_slowly(
 
 
 # --- batches -------------------------------------------------------------------
-
-EVENT_CLOSE = b'"}'
-BODY_END = EVENT_CLOSE + b"]}"
-
-
-def event_opening(timestamp: int) -> bytes:
-    return b'{"timestamp":%d,"message":"' % timestamp
 
 
 @dataclass
@@ -376,16 +363,7 @@ class RequestBuilder:
         )
 
     def _body(self, parts: list[tuple[Segment, int, int]]) -> bytes:
-        pieces: list[bytes | memoryview] = [self.head]
-        separator = b""
-        for segment, start, end in parts:
-            text = memoryview(segment.text)
-            lines = segment.lines[start:end]
-            # Skipped lines split a segment's events into runs of consecutive lines.
-            gaps = (np.flatnonzero(lines[1:] != lines[:-1] + 1) + 1 + start).tolist()
-            for first, stop in pairwise([start, *gaps, end]):
-                run = text[int(segment.text_starts[first]) : int(segment.text_ends[stop - 1])]
-                pieces += [separator, event_opening(int(segment.timestamps[first])), run]
-                separator = EVENT_CLOSE + b","
-        pieces.append(BODY_END)
-        return b"".join(pieces)
+        return frame_events(
+            self.head,
+            [(s.messages, s.starts[a:b], s.lengths[a:b], s.timestamps[a:b]) for s, a, b in parts],
+        )
