@@ -3,13 +3,13 @@
 PutLogEvents is the call made over and over, each time with a megabyte body
 that ``request_builder`` has already written. Through the client's method,
 botocore's per-call pipeline (parameter events, endpoint rules, serialising,
-the user agent, hooks, the retry handler) costs about 0.7 ms a call before a
-byte is sent, 0.25 µs per event. So botocore's own parts work the request out
-once per client (its endpoint rules give the URL and signing context, its
-serialiser the headers), and each call only
+the user agent, hooks, the retry handler, the general signer) costs about
+1 ms a call before a byte is sent, 0.35 µs per event. So botocore's own parts
+work the request out once per client (its endpoint rules give the URL and
+signing region, its serialiser the headers), and each call only
 
-1. signs the request with the client's request signer (the client's
-   credentials, refreshed as they expire),
+1. signs it (``signing``: SigV4 exactly as botocore signs it) with the
+   session's credentials, which botocore refreshes as they expire,
 2. sends it through the client's aiobotocore HTTP session (its connection
    pool, timeouts, proxies, TLS, and its errors for connection failures), and
 3. parses the reply with aiobotocore's parser for the PutLogEvents output,
@@ -24,17 +24,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import dataclass
+import datetime
 from typing import Any
 
 from aiobotocore.config import AioConfig
 from aiobotocore.endpoint import convert_to_response_dict
 from aiobotocore.parsers import create_parser
-from aiobotocore.session import get_session
-from botocore.awsrequest import create_request_object
-from botocore.model import OperationModel
+from aiobotocore.session import AioSession, get_session
+from botocore.awsrequest import AWSPreparedRequest
+from botocore.exceptions import NoCredentialsError
 
 from flowlog.cloudwatch import metrics
+from flowlog.cloudwatch.signing import RequestSigner
 from flowlog.config import Settings
 
 CONNECT_TIMEOUT_SECONDS = 10.0
@@ -44,25 +45,7 @@ PUT_LOG_EVENTS = "PutLogEvents"
 _PLACEHOLDER_EVENTS = [{"timestamp": 0, "message": "-"}]
 
 
-@dataclass(frozen=True)
-class _PreparedCall:
-    """A PutLogEvents request as botocore builds it for this client, without its body."""
-
-    request: dict[str, Any]  # botocore's request dict: method, url, headers, context
-    model: OperationModel
-
-    def with_body(self, body: bytes) -> dict[str, Any]:
-        # Signing adds headers and the signer may note things in the context:
-        # each call has its own copies.
-        return {
-            **self.request,
-            "body": body,
-            "headers": dict(self.request["headers"]),
-            "context": dict(self.request["context"]),
-        }
-
-
-async def _prepare_put_log_events(client: Any, log_group: str, log_stream: str) -> _PreparedCall:
+async def _put_log_events_signer(client: Any, log_group: str, log_stream: str) -> RequestSigner:
     """Run the first half of botocore's ``_make_api_call`` once: endpoint rules,
     serialiser and user agent, as the client method would for these names."""
     model = client.meta.service_model.operation_model(PUT_LOG_EVENTS)
@@ -89,7 +72,13 @@ async def _prepare_put_log_events(client: Any, log_group: str, log_stream: str) 
         context=context,
         headers=headers,
     )
-    return _PreparedCall(request, model)
+    signing = context.get("signing", {})
+    return RequestSigner(
+        request["url"],
+        request["headers"],
+        region=signing.get("region") or client.meta.region_name,
+        service=signing.get("signing_name") or client.meta.service_model.signing_name,
+    )
 
 
 class CloudWatchLogs:
@@ -108,8 +97,10 @@ class CloudWatchLogs:
             max_pool_connections=max_connections,
         )
         self._exit_stack = contextlib.AsyncExitStack()
+        self._session: AioSession | None = None
         self._client: Any = None
-        self._put_call: _PreparedCall | None = None
+        self._signer: RequestSigner | None = None
+        self._output_model: Any = None
         self._parser = create_parser("json")
         # Calls in flight ask for the client together; one makes it (a client
         # holds about 9 MB of botocore's endpoint and service data).
@@ -121,29 +112,38 @@ class CloudWatchLogs:
         async with self._client_made:
             if self._client is not None:
                 return self._client
+            session = get_session()
             client = await self._exit_stack.enter_async_context(
-                get_session().create_client(
+                session.create_client(
                     "logs",
                     region_name=self._region,
                     endpoint_url=self._endpoint,
                     config=self._config,
                 )
             )
-            self._put_call = await _prepare_put_log_events(client, self.log_group, self.log_stream)
+            self._signer = await _put_log_events_signer(client, self.log_group, self.log_stream)
+            self._output_model = client.meta.service_model.operation_model(PUT_LOG_EVENTS)
+            self._session = session
             self._client = client
             return client
 
     async def put_log_events(self, body: bytes) -> dict[str, Any]:
         """Send a body from ``request_builder``; the parsed response."""
         logs = await self._logs()
-        call = self._put_call
-        assert call is not None
+        assert self._session is not None and self._signer is not None
+        # The session's credentials are the ones the client was made with (or,
+        # while there are none, looked for again).
+        credentials = await self._session.get_credentials()
+        if credentials is None:
+            raise NoCredentialsError()
+        frozen = await credentials.get_frozen_credentials()
         metrics.CALLS.labels(operation=PUT_LOG_EVENTS).inc()
-        request = create_request_object(call.with_body(body))
-        await logs._request_signer.sign(PUT_LOG_EVENTS, request)
-        http = await logs._endpoint.http_session.send(request.prepare())
+        headers = self._signer.sign(body, frozen, datetime.datetime.now(datetime.UTC))
+        request = AWSPreparedRequest("POST", self._signer.url, headers, body, stream_output=False)
+        http = await logs._endpoint.http_session.send(request)
+        model = self._output_model
         parsed = await self._parser.parse(
-            await convert_to_response_dict(http, call.model), call.model.output_shape
+            await convert_to_response_dict(http, model), model.output_shape
         )
         if http.status_code >= 300:
             code = parsed.get("Error", {}).get("Code")
@@ -167,4 +167,5 @@ class CloudWatchLogs:
     async def close(self) -> None:
         await self._exit_stack.aclose()
         self._client = None
-        self._put_call = None
+        self._session = None
+        self._signer = None
