@@ -59,9 +59,8 @@ class Sink:
                 self.breaches += problems
                 return _error("InvalidParameterException", "; ".join(problems))
             events = body["logEvents"]
-            size = sum(len(e["message"].encode()) for e in events) + EVENT_OVERHEAD_BYTES * len(
-                events
-            )
+            messages = "".join([e["message"] for e in events])
+            size = len(messages.encode()) + EVENT_OVERHEAD_BYTES * len(events)
             self.calls.append((len(events), size))
             return _answer({"nextSequenceToken": str(len(self.calls))})
         return _error("UnknownOperationException", operation)

@@ -76,3 +76,13 @@ def test_missing_names_and_empty_messages() -> None:
     ]
     problems = check_put_log_events(body([(NOW_MS, "")]), at_ms=NOW_MS)
     assert problems == ["1 events message missing or empty (first: logEvents[0])"]
+
+
+def test_breaches_are_listed_in_the_order_the_events_show_them() -> None:
+    events = body([(NOW_MS, "a"), (NOW_MS, "b"), (NOW_MS - 1, "ü")])
+    events["logEvents"][1]["timestamp"] = "soon"
+    events["logEvents"].insert(0, {"timestamp": 2**70, "message": "big"})
+    assert check_put_log_events(events, at_ms=NOW_MS) == [
+        "2 events timestamp missing or not an integer (first: logEvents[0])",
+        "1 events not in chronological order (first: logEvents[3])",
+    ]
