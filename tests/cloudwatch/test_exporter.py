@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import gc
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -219,6 +220,29 @@ def test_throttling_and_server_errors_are_retried_with_the_same_batches(
     # ... and resent exactly as it was, batch boundaries and all.
     assert all(any(call.body == ok.body for ok in succeeded) for call in failed)
     assert limit_checks.breaches == []
+
+
+def test_a_batch_that_failed_once_is_resent_after_a_backoff(
+    settings: Settings,
+    log_path: Path,
+    cloudwatch: LocalCloudWatch,
+    cloudwatch_proxy: CloudWatchProxy,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    cloudwatch_proxy.add_fault(Fault("PutLogEvents", 1))
+    items = lines(100)
+    log_path.write_bytes(text(items))
+
+    async def scenario() -> None:
+        async with running(exporter_for(settings, log_path)) as exporter:
+            assert await exporter.wait_acknowledged(60)
+
+    with caplog.at_level(logging.DEBUG, logger="flowlog.cloudwatch.exporter"):
+        asyncio.run(scenario())
+    backoffs = [r.getMessage() for r in caplog.records if "retrying a PutLogEvents" in r.message]
+    assert len(backoffs) == 1
+    assert [call.status for call in cloudwatch_proxy.calls_of("PutLogEvents")] == [400, 200]
+    assert stored_messages(cloudwatch.endpoint, cloudwatch.region, settings) == items
 
 
 def test_events_written_while_cloudwatch_is_down_arrive_after_it_is_back(
