@@ -24,7 +24,7 @@ from tests.support.agent_process import wait_until
 
 LINES = 2_000_000
 WATCHTOWER_LINES = 200_000
-RUNS = 3
+RUNS = 5
 
 
 class SinkProcess:
