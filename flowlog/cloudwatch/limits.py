@@ -62,8 +62,9 @@ def check_put_log_events(body: dict[str, Any], at_ms: int | None = None) -> list
     else:
         sizes = np.array([len(t.encode("utf-8", "surrogatepass")) for t in texts], np.int64)
     has_message = sizes > 0
-    timed = has_message & np.array([_is_int64(t) for t in stamps], bool)
-    times = np.array([t if _is_int64(t) else 0 for t in stamps], np.int64)
+    integers = [_is_int64(t) for t in stamps]
+    timed = has_message & np.array(integers, bool)
+    times = np.array([t if ok else 0 for t, ok in zip(stamps, integers, strict=True)], np.int64)
 
     indexes = np.flatnonzero(timed)
     valid_times = times[indexes]
@@ -77,9 +78,9 @@ def check_put_log_events(body: dict[str, Any], at_ms: int | None = None) -> list
         "more than 2 hours ahead": indexes[valid_times > at_ms + MAX_EVENT_LEAD_MS],
     }
     found = [
-        (int(found[0]), rank, kind, len(found))
-        for rank, (kind, found) in enumerate(breaches.items())
-        if len(found)
+        (int(offending[0]), rank, kind, len(offending))
+        for rank, (kind, offending) in enumerate(breaches.items())
+        if len(offending)
     ]
     for first, _, kind, count in sorted(found):
         problems.append(f"{count} events {kind} (first: logEvents[{first}])")
