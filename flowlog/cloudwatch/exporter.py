@@ -2,7 +2,8 @@
 
 The local flow log is the durable queue. The event loop reads it (``tail``),
 cuts it into request bodies (``request_builder``) and keeps a few calls in
-flight (``service``), retried by the rules of ``retry``. Reading and cutting
+flight (``service``), retried by the rules of ``retry``: one until CloudWatch
+takes a call, and again after a call fails. Reading and cutting
 take about a millisecond per 1 MB block; on a thread of their own they cost
 more CPU in handing the GIL back and forth (0.4 µs per event) than they saved,
 so a worker thread only writes the checkpoint.
@@ -121,6 +122,7 @@ class CloudWatchExporter:
         self._flush_waiters = 0
         self._destination_ready = False
         self._destination_checked = asyncio.Lock()
+        self._accepting = False  # CloudWatch took the last call that finished
         self._problem: str | None = None
         self._problem_key: tuple[str, str] | None = None
         self._transient_failures = 0
@@ -218,8 +220,10 @@ class CloudWatchExporter:
     async def _main_loop(self) -> None:
         while not self._stopping.is_set():
             next_flush: float | None = None
-            # While CloudWatch refuses us, one batch at a time probes it.
-            capacity = 1 if self._problem else self.max_in_flight
+            # One batch at a time until CloudWatch takes a call, and again after a
+            # call fails: batches queued behind a call that cannot succeed only
+            # hold memory (about 2.5 MB each), and while it refuses us one probes it.
+            capacity = self.max_in_flight if self._accepting else 1
             if len(self._tasks) < capacity:
                 batch, next_flush = self._produce()
                 if batch is not None:
@@ -283,6 +287,8 @@ class CloudWatchExporter:
         except Exception as error:
             failure = classify(error)
             metrics.ERRORS.labels(code=error_code(error)).inc()
+            if failure is not Failure.REJECTED:
+                self._accepting = False
             if failure is Failure.MISSING:
                 self._destination_ready = False  # recreated before the same batch is resent
             elif failure is Failure.REJECTED:
@@ -290,6 +296,7 @@ class CloudWatchExporter:
                 return
             self._report(failure, error)
             raise
+        self._accepting = True
         self._clear_problem()
         self._count_accepted(batch, response)
 

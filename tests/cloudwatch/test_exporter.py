@@ -245,6 +245,35 @@ def test_a_batch_that_failed_once_is_resent_after_a_backoff(
     assert stored_messages(cloudwatch.endpoint, cloudwatch.region, settings) == items
 
 
+def test_until_cloudwatch_takes_a_call_one_batch_at_a_time_is_sent(
+    settings: Settings,
+    log_path: Path,
+    cloudwatch: LocalCloudWatch,
+    cloudwatch_proxy: CloudWatchProxy,
+) -> None:
+    # Batches queued behind a call that cannot succeed would only hold memory.
+    cloudwatch_proxy.add_fault(
+        Fault("PutLogEvents", 3, 503, "ServiceUnavailableException", "Service unavailable")
+    )
+    items = lines(40_000)
+    log_path.write_bytes(text(items))
+
+    async def scenario() -> None:
+        async with running(exporter_for(settings, log_path)) as exporter:
+            assert await exporter.wait_acknowledged(60)
+
+    asyncio.run(scenario())
+    calls = cloudwatch_proxy.calls_of("PutLogEvents")
+    first_accepted = next(index for index, call in enumerate(calls) if call.status == 200)
+    assert first_accepted == 3
+    assert all(call.body == calls[first_accepted].body for call in calls[:first_accepted])
+    batches = len(calls) - 3
+    assert batches >= 4
+    assert Counter(stored_messages(cloudwatch.endpoint, cloudwatch.region, settings)) == Counter(
+        items
+    )
+
+
 def test_events_written_while_cloudwatch_is_down_arrive_after_it_is_back(
     log_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
