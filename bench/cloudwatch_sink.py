@@ -4,8 +4,8 @@ real limits and answers as CloudWatch does; fast enough to measure a client.
     python -m bench.cloudwatch_sink PORT
 
 ``GET /stats`` returns what it received: calls,
-events and bytes per call (counting 26 bytes per event, as the limit does), and
-every limit breach found.
+events, bytes (counting 26 bytes per event, as the limit does) and request body
+bytes per call, and every limit breach found.
 """
 
 from __future__ import annotations
@@ -24,12 +24,13 @@ class Sink:
     def __init__(self) -> None:
         self.groups: set[str] = set()
         self.streams: set[tuple[str, str]] = set()
-        self.calls: list[tuple[int, int]] = []  # (events, bytes with overhead)
+        self.calls: list[tuple[int, int, int]] = []  # (events, bytes with overhead, body bytes)
         self.breaches: list[str] = []
 
     async def handle(self, request: web.Request) -> web.Response:
         operation = request.headers.get("X-Amz-Target", "").rpartition(".")[2]
-        body = orjson.loads(await request.read() or b"{}")
+        raw = await request.read()
+        body = orjson.loads(raw or b"{}")
         if operation == "DescribeLogGroups":
             prefix = body.get("logGroupNamePrefix", "")
             groups = [{"logGroupName": g} for g in sorted(self.groups) if g.startswith(prefix)]
@@ -61,7 +62,7 @@ class Sink:
             events = body["logEvents"]
             messages = "".join([e["message"] for e in events])
             size = len(messages.encode()) + EVENT_OVERHEAD_BYTES * len(events)
-            self.calls.append((len(events), size))
+            self.calls.append((len(events), size, len(raw)))
             return _answer({"nextSequenceToken": str(len(self.calls))})
         return _error("UnknownOperationException", operation)
 
