@@ -222,7 +222,8 @@ class CloudWatchExporter:
             next_flush: float | None = None
             # One batch at a time until CloudWatch takes a call, and again after a
             # call fails: batches queued behind a call that cannot succeed only
-            # hold memory (about 2.5 MB each), and while it refuses us one probes it.
+            # hold memory (a body of up to 1.3 MB each, and the lines it came
+            # from), and while CloudWatch refuses us one batch probes it.
             capacity = self.max_in_flight if self._accepting else 1
             if len(self._tasks) < capacity:
                 batch, next_flush = self._produce()
