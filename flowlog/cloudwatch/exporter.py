@@ -43,6 +43,7 @@ from flowlog.cloudwatch.checkpoint import (
     read_checkpoint,
     write_checkpoint,
 )
+from flowlog.cloudwatch.limits import MAX_BATCH_BYTES
 from flowlog.cloudwatch.request_builder import Batch, RequestBuilder
 from flowlog.cloudwatch.retry import (
     Failure,
@@ -244,7 +245,9 @@ class CloudWatchExporter:
             batch = self._builder.complete_batch()
             if batch is not None:
                 return batch, None
-            block = self._tail.read_block()
+            # Read ahead about as far as the calls that may go: a call's worth
+            # while they go one at a time (a block's lines wait in memory).
+            block = self._tail.read_block(None if self._accepting else MAX_BATCH_BYTES)
             if block is None:
                 break
             self._builder.add(block)

@@ -287,14 +287,19 @@ class FlowLogTail:
 
     # --- reading ------------------------------------------------------------
 
-    def read_block(self) -> Block | None:
-        """The next block of complete lines, or None when there is nothing new yet."""
+    def read_block(self, max_bytes: int | None = None) -> Block | None:
+        """The next block of complete lines, or None when there is nothing new yet.
+
+        A block is at most ``block_bytes``, or ``max_bytes`` if that is less (lines
+        longer than that are cut short: keep it above the longest message).
+        """
+        size = self.block_bytes if max_bytes is None else min(self.block_bytes, max_bytes)
         with self._lock:
             self._ensure_resumed()
             while True:
                 if self._current is None and not self._open_next():
                     return None
-                block = self._read_current()
+                block = self._read_current(size)
                 if block is not None:
                     return block
                 if not self._advance():
@@ -356,11 +361,11 @@ class FlowLogTail:
                 continue
         return None
 
-    def _read_current(self) -> Block | None:
+    def _read_current(self, size: int) -> Block | None:
         current = self._current
         assert current is not None
         try:
-            data = current.reader.read(current.offset, self.block_bytes)
+            data = current.reader.read(current.offset, size)
         except (OSError, EOFError, zlib.error) as error:
             self._report_read_failure(current.file, error)
             current.live = False
@@ -371,7 +376,7 @@ class FlowLogTail:
             block = Block(current.file, current.offset, data[:cut], current.offset + cut)
             current.offset += cut
             return block
-        if len(data) == self.block_bytes:
+        if len(data) == size:
             return self._cut_long_line(current, data)
         if data and not current.live:
             # The last line of a file that will not grow: send it without its newline.
