@@ -79,6 +79,12 @@ def ship(log: Path, endpoint: str) -> Run:
     )
 
 
+def watchtower(log: Path, endpoint: str, lines: int) -> Run:
+    return run_measured(
+        [sys.executable, "-m", "bench.baseline", "watchtower", str(log), endpoint, str(lines)]
+    )
+
+
 def sha256_seconds_per_byte() -> float:
     """What SigV4's SHA-256 of a request body costs here (hashlib, the same OpenSSL)."""
     body = os.urandom(MAX_BATCH_BYTES)
@@ -165,33 +171,10 @@ def run(work: Path) -> list[Figure]:
     sink = SinkProcess()
     try:
         watchtower_fixed = median(
-            [
-                run_measured(
-                    [
-                        sys.executable,
-                        "-m",
-                        "bench.baseline",
-                        "watchtower",
-                        str(log),
-                        sink.endpoint,
-                        "1",
-                    ]
-                ).cpu
-                for _ in range(STARTUP_RUNS)
-            ]
+            [watchtower(log, sink.endpoint, 1).cpu for _ in range(STARTUP_RUNS)]
         )
         before = len(sink.stats()["calls"])
-        full = run_measured(
-            [
-                sys.executable,
-                "-m",
-                "bench.baseline",
-                "watchtower",
-                str(log),
-                sink.endpoint,
-                str(WATCHTOWER_LINES),
-            ]
-        )
+        full = watchtower(log, sink.endpoint, WATCHTOWER_LINES)
         watchtower_stats = sink.stats()
     finally:
         sink.stop()
