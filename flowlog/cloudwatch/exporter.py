@@ -3,10 +3,10 @@
 The local flow log is the durable queue. The event loop reads it (``tail``),
 cuts it into request bodies (``request_builder``) and keeps a few calls in
 flight (``service``), retried by the rules of ``retry``: one until CloudWatch
-takes a call, and again after a call fails. Reading and cutting take about a
-millisecond per megabyte; on a thread of their own they cost more CPU in
-handing the GIL back and forth (0.4 µs per event) than they saved, so a worker
-thread only writes the checkpoint.
+takes a call, and again after a call fails. Reading and cutting
+take about a millisecond per 1 MB block; on a thread of their own they cost
+more CPU in handing the GIL back and forth (0.4 µs per event) than they saved,
+so a worker thread only writes the checkpoint.
 
 Batches are acknowledged in the order they were cut, and the checkpoint only
 ever moves over the contiguous acknowledged prefix. It is saved at most every
@@ -43,7 +43,6 @@ from flowlog.cloudwatch.checkpoint import (
     read_checkpoint,
     write_checkpoint,
 )
-from flowlog.cloudwatch.limits import MAX_BATCH_BYTES
 from flowlog.cloudwatch.request_builder import Batch, RequestBuilder
 from flowlog.cloudwatch.retry import (
     Failure,
@@ -245,9 +244,7 @@ class CloudWatchExporter:
             batch = self._builder.complete_batch()
             if batch is not None:
                 return batch, None
-            # Read ahead about as far as the calls that may go: a call's worth
-            # while they go one at a time (a block's lines wait in memory).
-            block = self._tail.read_block(None if self._accepting else MAX_BATCH_BYTES)
+            block = self._tail.read_block()
             if block is None:
                 break
             self._builder.add(block)

@@ -99,18 +99,6 @@ def test_blocks_are_bounded_and_cut_at_line_ends(log_path: Path) -> None:
     assert max(sizes) <= 10_000
 
 
-def test_a_reader_can_ask_for_smaller_blocks(log_path: Path) -> None:
-    content = text(lines(1000))
-    log_path.write_bytes(content)
-    tail = FlowLogTail(log_path, None, block_bytes=10_000)
-    small = tail.read_block(max_bytes=4_000)
-    assert small is not None and len(small.data) <= 4_000
-    larger = tail.read_block(max_bytes=50_000)
-    assert larger is not None and 4_000 < len(larger.data) <= 10_000
-    assert larger.start == small.end
-    assert content.startswith(small.data + larger.data)
-
-
 def test_a_line_longer_than_a_block_is_cut_and_the_rest_skipped(log_path: Path) -> None:
     before, after = lines(2)
     huge = "x" * (3 * MAX_MESSAGE_BYTES)
