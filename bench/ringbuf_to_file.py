@@ -33,7 +33,7 @@ PEER = "10.42.200.1"
 SWEEP_RATES = (250_000, 500_000, 1_000_000, 1_250_000, 1_500_000, 2_000_000)
 SWEEP_SECONDS = 5.0
 SUSTAIN_SECONDS = 30.0
-SUSTAIN_ATTEMPTS = 2
+SUSTAIN_ATTEMPTS = 3
 STEADY_RATE, STEADY_SECONDS = 100_000, 60.0
 OUTAGE_SECONDS = 30.0
 TARGET_RATE = 1_000_000
@@ -193,11 +193,13 @@ def run(work: Path) -> list[Figure]:
                     trial = bench.trial(agent, rate, SWEEP_SECONDS)
                     print(trial.line(), flush=True)
                     sweep.append(trial)
-                # The highest rate that ran clean in the sweep, confirmed for 30 s;
-                # if it loses events after all, the next lower one.
+                # The highest rate that ran clean in the sweep, confirmed for 30 s; if
+                # it loses events after all, the target rate (if it ran clean), then
+                # lower ones. Five clean seconds near the limit often fail over 30.
                 clean = sorted((t.rate for t in sweep if t.rate and t.lost == 0), reverse=True)
+                candidates = clean[:1] + [rate for rate in clean[1:] if rate <= TARGET_RATE]
                 sustained = sweep[0]
-                for candidate in clean[:SUSTAIN_ATTEMPTS]:
+                for candidate in candidates[:SUSTAIN_ATTEMPTS]:
                     print(
                         f"ring buffer to file: {candidate:,.0f}/s for {SUSTAIN_SECONDS:.0f} s",
                         flush=True,
