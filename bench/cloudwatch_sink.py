@@ -15,7 +15,7 @@ import sys
 import orjson
 from aiohttp import web
 
-from flowlog.cloudwatch.limits import EVENT_OVERHEAD_BYTES, check_put_log_events
+from flowlog.cloudwatch.limits import measure_put_log_events
 
 AMZ_JSON = "application/x-amz-json-1.1"
 
@@ -55,14 +55,11 @@ class Sink:
                 return _error(
                     "ResourceNotFoundException", "The specified log stream does not exist."
                 )
-            problems = check_put_log_events(body)
+            problems, size = measure_put_log_events(body)
             if problems:
                 self.breaches += problems
                 return _error("InvalidParameterException", "; ".join(problems))
-            events = body["logEvents"]
-            messages = "".join([e["message"] for e in events])
-            size = len(messages.encode()) + EVENT_OVERHEAD_BYTES * len(events)
-            self.calls.append((len(events), size, len(raw)))
+            self.calls.append((len(body["logEvents"]), size, len(raw)))
             return _answer({"nextSequenceToken": str(len(self.calls))})
         return _error("UnknownOperationException", operation)
 

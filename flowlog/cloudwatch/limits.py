@@ -32,7 +32,13 @@ def now_ms() -> int:
 
 
 def check_put_log_events(body: dict[str, Any], at_ms: int | None = None) -> list[str]:
-    """Every way ``body`` (a decoded PutLogEvents request) breaks the limits.
+    """Every way ``body`` (a decoded PutLogEvents request) breaks the limits."""
+    return measure_put_log_events(body, at_ms)[0]
+
+
+def measure_put_log_events(body: dict[str, Any], at_ms: int | None = None) -> tuple[list[str], int]:
+    """Every way ``body`` (a decoded PutLogEvents request) breaks the limits, and its
+    size as the byte limit counts it (UTF-8 message bytes, 26 more per event).
 
     An empty list means the call is within every limit. Events too old or too
     new (relative to ``at_ms``, default now) are listed too: CloudWatch would
@@ -51,7 +57,7 @@ def check_put_log_events(body: dict[str, Any], at_ms: int | None = None) -> list
     ]
     events = body.get("logEvents")
     if not isinstance(events, list) or not events:
-        return [*problems, "logEvents: missing or empty"]
+        return [*problems, "logEvents: missing or empty"], 0
     if len(events) > MAX_BATCH_EVENTS:
         problems.append(f"{len(events)} events in one call (limit {MAX_BATCH_EVENTS})")
     messages = [e.get("message") if isinstance(e, dict) else None for e in events]
@@ -93,7 +99,7 @@ def check_put_log_events(body: dict[str, Any], at_ms: int | None = None) -> list
     if len(valid_times) and valid_times.max() - valid_times.min() > MAX_BATCH_SPAN_MS:
         hours = (valid_times.max() - valid_times.min()) / HOUR_MS
         problems.append(f"events span {hours:.1f} hours (limit 24)")
-    return problems
+    return problems, total_bytes
 
 
 def _is_int64(value: Any) -> bool:

@@ -8,6 +8,7 @@ from flowlog.cloudwatch.limits import (
     MAX_BATCH_BYTES,
     MAX_BATCH_EVENTS,
     check_put_log_events,
+    measure_put_log_events,
 )
 
 NOW_MS = 1_795_000_000_000
@@ -51,6 +52,11 @@ def test_utf8_bytes_are_counted_not_characters() -> None:
     events = [(NOW_MS, "é" * 600_000)]  # 1,200,000 bytes
     problems = check_put_log_events(body(events), at_ms=NOW_MS)
     assert "1 events message over 1048576 bytes (first: logEvents[0])" in problems
+
+
+def test_a_call_is_measured_as_the_byte_limit_counts_it() -> None:
+    events = [(NOW_MS, "é" * 10), (NOW_MS + 1, "line")]  # 20 and 4 UTF-8 bytes
+    assert measure_put_log_events(body(events), at_ms=NOW_MS) == ([], 20 + 4 + 2 * 26)
 
 
 def test_events_out_of_order_and_spanning_more_than_a_day() -> None:
