@@ -8,6 +8,7 @@ body through ``check_put_log_events`` to prove the exporter keeps them.
 from __future__ import annotations
 
 import time
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -45,9 +46,10 @@ def measure_put_log_events(body: dict[str, Any], at_ms: int | None = None) -> tu
     reject them one by one, and the exporter must not send them. Each kind of
     breach is one entry, with a count and the first offending index.
 
-    The events are looked at in bulk (a few list comprehensions, then numpy):
-    the benchmark's endpoint checks every call with this, on the same two
-    cores as the client it measures.
+    The events are looked at in bulk (``map`` over them, then numpy), with no
+    Python loop per event when they are well formed: the benchmark's endpoint
+    checks every call with this, on the same two cores as the client it
+    measures, and must not be the slower of the two.
     """
     at_ms = now_ms() if at_ms is None else at_ms
     problems = [
@@ -60,17 +62,9 @@ def measure_put_log_events(body: dict[str, Any], at_ms: int | None = None) -> tu
         return [*problems, "logEvents: missing or empty"], 0
     if len(events) > MAX_BATCH_EVENTS:
         problems.append(f"{len(events)} events in one call (limit {MAX_BATCH_EVENTS})")
-    messages = [e.get("message") if isinstance(e, dict) else None for e in events]
-    stamps = [e.get("timestamp") if isinstance(e, dict) else None for e in events]
-    texts = [m if isinstance(m, str) else "" for m in messages]
-    if "".join(texts).isascii():
-        sizes = np.fromiter(map(len, texts), np.int64, len(texts))
-    else:
-        sizes = np.array([len(t.encode("utf-8", "surrogatepass")) for t in texts], np.int64)
+    sizes, integers, times = _columns(events)
     has_message = sizes > 0
-    integers = [_is_int64(t) for t in stamps]
-    timed = has_message & np.array(integers, bool)
-    times = np.array([t if ok else 0 for t, ok in zip(stamps, integers, strict=True)], np.int64)
+    timed = has_message & integers
 
     indexes = np.flatnonzero(timed)
     valid_times = times[indexes]
@@ -100,6 +94,47 @@ def measure_put_log_events(body: dict[str, Any], at_ms: int | None = None) -> tu
         hours = (valid_times.max() - valid_times.min()) / HOUR_MS
         problems.append(f"events span {hours:.1f} hours (limit 24)")
     return problems, total_bytes
+
+
+def _columns(events: list[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each event's message size in UTF-8 bytes (0 if it has none), whether its
+    timestamp is a 64-bit integer, and the timestamp (0 if not)."""
+    fast = _well_formed_columns(events)
+    if fast is not None:
+        messages, times = fast
+        integers = np.ones(len(events), bool)
+    else:
+        messages = [e.get("message") if isinstance(e, dict) else None for e in events]
+        messages = [m if isinstance(m, str) else "" for m in messages]
+        stamps = [e.get("timestamp") if isinstance(e, dict) else None for e in events]
+        integers = np.array([_is_int64(t) for t in stamps], bool)
+        times = np.array(
+            [t if ok else 0 for t, ok in zip(stamps, integers.tolist(), strict=True)], np.int64
+        )
+    if "".join(messages).isascii():
+        sizes = np.fromiter(map(len, messages), np.int64, len(messages))
+    else:
+        sizes = np.array([len(m.encode("utf-8", "surrogatepass")) for m in messages], np.int64)
+    return sizes, integers, times
+
+
+def _well_formed_columns(events: list[Any]) -> tuple[list[str], np.ndarray] | None:
+    """The messages and timestamps when every event is an object with a string
+    message and an integer timestamp, the usual case, found without a Python
+    loop per event; None otherwise."""
+    if set(map(type, events)) != {dict}:
+        return None
+    try:
+        messages = list(map(itemgetter("message"), events))
+        stamps = list(map(itemgetter("timestamp"), events))
+    except KeyError:
+        return None
+    if set(map(type, messages)) != {str} or set(map(type, stamps)) != {int}:
+        return None
+    try:
+        return messages, np.fromiter(stamps, np.int64, len(stamps))
+    except OverflowError:
+        return None
 
 
 def _is_int64(value: Any) -> bool:

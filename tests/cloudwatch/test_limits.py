@@ -92,3 +92,20 @@ def test_breaches_are_listed_in_the_order_the_events_show_them() -> None:
         "2 events timestamp missing or not an integer (first: logEvents[0])",
         "1 events not in chronological order (first: logEvents[3])",
     ]
+
+
+def test_one_malformed_event_among_well_formed_ones_is_found() -> None:
+    well_formed = [(NOW_MS + i, f"line {i}") for i in range(1000)]
+    for broken, problem in [
+        ({"timestamp": True, "message": "a bool"}, "timestamp missing or not an integer"),
+        ({"timestamp": 2**63, "message": "too big"}, "timestamp missing or not an integer"),
+        ({"timestamp": float(NOW_MS), "message": "a float"}, "timestamp missing or not an integer"),
+        ({"message": "no time"}, "timestamp missing or not an integer"),
+        ({"timestamp": NOW_MS, "message": 7}, "message missing or empty"),
+        ("not an object", "message missing or empty"),
+    ]:
+        call = body(well_formed)
+        call["logEvents"][500] = broken
+        assert f"1 events {problem} (first: logEvents[500])" in check_put_log_events(
+            call, at_ms=NOW_MS
+        ), broken
