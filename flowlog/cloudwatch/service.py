@@ -10,8 +10,10 @@ signing region, its serialiser the headers), and each call only
 
 1. signs it (``signing``: SigV4 exactly as botocore signs it) with the
    session's credentials, which botocore refreshes as they expire,
-2. sends it through the client's aiobotocore HTTP session (its connection
-   pool, timeouts, proxies, TLS, and its errors for connection failures), and
+2. sends it on a keep-alive connection of its own (``connection``: TLS
+   verified against botocore's CA bundle, botocore's timeouts, botocore's
+   errors for connection failures), or through the client's aiobotocore
+   HTTP session when a proxy is configured for the endpoint, and
 3. parses the reply with aiobotocore's parser for the PutLogEvents output,
    raising the same ``ClientError`` the client method would.
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import ssl
 from typing import Any
 
 from aiobotocore.config import AioConfig
@@ -33,8 +36,11 @@ from aiobotocore.parsers import create_parser
 from aiobotocore.session import AioSession, get_session
 from botocore.awsrequest import AWSPreparedRequest
 from botocore.exceptions import NoCredentialsError
+from botocore.httpsession import ProxyConfiguration, get_cert_path
+from botocore.utils import get_environ_proxies
 
 from flowlog.cloudwatch import metrics
+from flowlog.cloudwatch.connection import Connections
 from flowlog.cloudwatch.signing import RequestSigner
 from flowlog.config import Settings
 
@@ -81,11 +87,34 @@ async def _put_log_events_signer(client: Any, log_group: str, log_stream: str) -
     )
 
 
+async def _direct_connections(
+    session: AioSession, client: Any, url: str, limit: int
+) -> Connections | None:
+    """Connections of our own to the endpoint, unless a call must go through a proxy."""
+    config = client.meta.config
+    proxies = config.proxies if config.proxies is not None else get_environ_proxies(url)
+    if ProxyConfiguration(proxies=proxies).proxy_url_for(url):
+        return None
+    context = None
+    if url.startswith("https:"):
+        # As botocore verifies: its CA bundle unless AWS_CA_BUNDLE or ca_bundle names one.
+        bundle = get_cert_path(session.get_config_variable("ca_bundle") or True)
+        context = await asyncio.to_thread(ssl.create_default_context, cafile=bundle)
+    return Connections(
+        url,
+        ssl_context=context,
+        connect_timeout=config.connect_timeout,
+        read_timeout=config.read_timeout,
+        limit=limit,
+    )
+
+
 class CloudWatchLogs:
     """One log group and stream, on a client made at first use (so a missing region or
     credentials is a failure to retry, not a crash at start)."""
 
     def __init__(self, settings: Settings, max_connections: int) -> None:
+        self._max_connections = max_connections
         self.log_group = settings.cloudwatch_log_group
         self.log_stream = settings.cloudwatch_log_stream
         self._region = settings.region or None
@@ -100,6 +129,7 @@ class CloudWatchLogs:
         self._session: AioSession | None = None
         self._client: Any = None
         self._signer: RequestSigner | None = None
+        self._connections: Connections | None = None  # None: through aiobotocore (a proxy)
         self._output_model: Any = None
         self._parser = create_parser("json")
         # Calls in flight ask for the client together; one makes it (a client
@@ -122,6 +152,9 @@ class CloudWatchLogs:
                 )
             )
             self._signer = await _put_log_events_signer(client, self.log_group, self.log_stream)
+            self._connections = await _direct_connections(
+                session, client, self._signer.url, self._max_connections
+            )
             self._output_model = client.meta.service_model.operation_model(PUT_LOG_EVENTS)
             self._session = session
             self._client = client
@@ -139,13 +172,23 @@ class CloudWatchLogs:
         frozen = await credentials.get_frozen_credentials()
         metrics.CALLS.labels(operation=PUT_LOG_EVENTS).inc()
         headers = self._signer.sign(body, frozen, datetime.datetime.now(datetime.UTC))
-        request = AWSPreparedRequest("POST", self._signer.url, headers, body, stream_output=False)
-        http = await logs._endpoint.http_session.send(request)
         model = self._output_model
-        parsed = await self._parser.parse(
-            await convert_to_response_dict(http, model), model.output_shape
-        )
-        if http.status_code >= 300:
+        if self._connections is not None:
+            answer = await self._connections.post(headers, body)
+            response = {
+                "headers": answer.headers,
+                "status_code": answer.status,
+                "body": answer.body,
+                "context": {"operation_name": PUT_LOG_EVENTS},
+            }
+        else:
+            request = AWSPreparedRequest(
+                "POST", self._signer.url, headers, body, stream_output=False
+            )
+            http = await logs._endpoint.http_session.send(request)
+            response = await convert_to_response_dict(http, model)
+        parsed = await self._parser.parse(response, model.output_shape)
+        if response["status_code"] >= 300:
             code = parsed.get("Error", {}).get("Code")
             raise logs.exceptions.from_code(code)(parsed, PUT_LOG_EVENTS)
         return parsed
@@ -165,6 +208,9 @@ class CloudWatchLogs:
             await logs.create_log_stream(logGroupName=self.log_group, logStreamName=self.log_stream)
 
     async def close(self) -> None:
+        if self._connections is not None:
+            await self._connections.close()
+            self._connections = None
         await self._exit_stack.aclose()
         self._client = None
         self._session = None
