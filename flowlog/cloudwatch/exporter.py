@@ -269,15 +269,29 @@ class CloudWatchExporter:
     async def _deliver(self, batch: Batch) -> None:
         try:
             if batch.body is not None:
-                retrying = self._policy.retrying(self._backoff, self._before_retry)
-                async for attempt in retrying:
-                    with attempt:
-                        await self._send(batch)
+                await self._send_until_done(batch)
         except Stopping:
             return  # not acknowledged: sent again after the next start
         finally:
             del self._tasks[batch.seq]
         self._acknowledge(batch)
+
+    async def _send_until_done(self, batch: Batch) -> None:
+        """Send the batch, retried by the policy until it is taken or rejected."""
+        try:
+            await self._send(batch)
+            return
+        except Exception as error:
+            first_failure: Exception | None = error
+        # tenacity's loop costs about 30 us a call, so it only starts after a
+        # failure: its first attempt is the one that just failed.
+        retrying = self._policy.retrying(self._backoff, self._before_retry)
+        async for attempt in retrying:
+            with attempt:
+                if first_failure is not None:
+                    failure, first_failure = first_failure, None
+                    raise failure
+                await self._send(batch)
 
     async def _send(self, batch: Batch) -> None:
         assert batch.body is not None
