@@ -90,3 +90,17 @@ def run_measured(argv: list[str], poll_seconds: float = 0.05) -> Run:
         raise RuntimeError(f"{' '.join(argv[:5])} ... exited with {process.returncode}")
     cpu = usage.ru_utime + usage.ru_stime - before.ru_utime - before.ru_stime
     return Run(wall, cpu, peak)
+
+
+def cpu_times() -> tuple[int, int]:
+    """Ticks of all CPUs so far: (all of them, those stolen by the VM's host)."""
+    with open("/proc/stat") as stat:
+        fields = [int(value) for value in stat.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal (guest time is inside user)
+    return sum(fields[:8]), fields[7]
+
+
+def steal_share(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """The share of CPU time the host took from this VM between two cpu_times()."""
+    total = after[0] - before[0]
+    return (after[1] - before[1]) / total if total else 0.0
