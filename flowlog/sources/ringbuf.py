@@ -1,13 +1,19 @@
 """Verdict events from a BPF ring buffer, read in bulk on the asyncio event loop.
 
 The ring buffer is mapped into this process (the consumer page read-write at
-offset 0; the producer page and the data, mapped twice in a row, read-only at
-offset one page), so records are read where the kernel wrote them. Every
-record is ``[8-byte header][event][padding to 8]``; ours and the AWS agent's
-are all of one size, so a whole run of them is one strided numpy view, decoded
-with a single copy. The event loop wakes on the map's file descriptor, drains
+offset 0; the producer page and the data read-only at offset one page), so
+records are read where the kernel wrote them. Every record is
+``[8-byte header][event][padding to 8]``; ours and the AWS agent's are all of
+one size, so a whole run of them is one strided numpy view, decoded with a
+single copy. The event loop wakes on the map's file descriptor, drains
 everything committed so far, then waits a few milliseconds before looking
 again so that under load each wake-up handles thousands of events.
+
+The kernel lets the data be mapped twice in a row, so that a record crossing
+the end is contiguous; we map it once, because every page mapped counts
+towards the agent's RSS, and the double mapping would count the whole ring
+buffer twice. A run is read up to the end, and the one record that crosses it
+is copied out in two pieces.
 
 Ordering: the producer position is read before the headers and the consumer
 position written after the data has been copied; on x86-64, whose loads and
@@ -59,19 +65,20 @@ class RingBuffer:
             map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0
         )
         self._producer_map = mmap.mmap(
-            map_fd, page + 2 * data_size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page
+            map_fd, page + data_size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page
         )
         self._consumer_pos = np.frombuffer(self._consumer_map, np.uint64, 1)
         self._producer_pos = np.frombuffer(self._producer_map, np.uint64, 1)
-        # The data area follows the producer page, mapped twice in a row, so a
-        # run of records that wraps around the end is still contiguous here.
-        self._data = np.frombuffer(self._producer_map, np.uint8, 2 * data_size, page)
+        self._data = np.frombuffer(self._producer_map, np.uint8, data_size, page)
         self._warned_sizes: set[int] = set()
         self._read_up_to: int | None = None
+        # Set when a read stopped at the end of the data area with more waiting.
+        self.more_waiting = False
 
     def read(self, max_records: int = MAX_BATCH_RECORDS) -> FlowBatch | None:
         """The committed records at the head, up to ``max_records``, until ``release()``."""
         self.release()
+        self.more_waiting = False
         consumer = int(self._consumer_pos[0])
         available = int(self._producer_pos[0]) - consumer
         count = min(available // self._stride, max_records)
@@ -80,6 +87,12 @@ class RingBuffer:
                 return self._read_irregular(consumer, available, max_records)
             return None
         start = consumer & (self.data_size - 1)
+        before_end = (self.data_size - start) // self._stride
+        if count > before_end:
+            self.more_waiting = True
+            if before_end == 0:  # the record at the head crosses the end
+                return self._read_irregular(consumer, available, 1)
+            count = before_end
         block = self._data[start : start + count * self._stride].reshape(count, self._stride)
         headers = block[:, :4].copy().view("<u4").ravel()
         busy = headers & BUSY_BIT
@@ -105,6 +118,7 @@ class RingBuffer:
         records = []
         position = consumer
         while position - consumer < available and len(records) < max_records:
+            # Headers are 8-byte aligned, so a header never crosses the end.
             offset = position & (self.data_size - 1)
             header = int(self._data[offset : offset + 4].view("<u4")[0])
             if header & BUSY_BIT:
@@ -112,8 +126,7 @@ class RingBuffer:
             length = header & ~(BUSY_BIT | DISCARD_BIT)
             if not header & DISCARD_BIT:
                 if length == self.layout.size:
-                    start = offset + HEADER_SIZE
-                    records.append(self._data[start : start + length].copy())
+                    records.append(self._copy_out(position + HEADER_SIZE, length))
                 else:
                     metrics.RECORDS_REJECTED.labels(reason="unexpected_size").inc()
                     if length not in self._warned_sizes:
@@ -129,10 +142,21 @@ class RingBuffer:
         if position == consumer:
             return None
         self._read_up_to = position
+        if len(records) == max_records and position - consumer < available:
+            self.more_waiting = True
         if not records:
             return FlowBatch.empty()
         raw = np.concatenate(records)
         return decode_records(np.frombuffer(raw, self.layout.dtype), self.layout)
+
+    def _copy_out(self, position: int, length: int) -> np.ndarray:
+        """``length`` bytes at ``position``, in two pieces if they cross the end."""
+        start = position & (self.data_size - 1)
+        first = min(length, self.data_size - start)
+        piece = self._data[start : start + first]
+        if first == length:
+            return piece.copy()
+        return np.concatenate((piece, self._data[: length - first]))
 
     def release(self) -> None:
         """Give the records of the last ``read()`` back to the kernel for reuse.
@@ -169,8 +193,8 @@ class RingBufferSource:
             if batch:
                 yield batch  # processed by the time the loop resumes
             self.ring.release()
-            if batch is not None and len(batch) == MAX_BATCH_RECORDS:
-                continue  # a full batch: more is waiting
+            if batch is not None and (len(batch) == MAX_BATCH_RECORDS or self.ring.more_waiting):
+                continue  # more is waiting
             if self._stopping.is_set():
                 if batch is None:
                     return

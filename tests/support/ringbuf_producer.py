@@ -19,16 +19,21 @@ struct record { u8 bytes[RECORD_SIZE]; };
 BPF_RINGBUF_OUTPUT(global_policy_events, RING_PAGES);
 BPF_ARRAY(produced, u64, 2);  /* [0] written, [1] refused because full */
 
-int copy_packet(struct __sk_buff *skb) {
+static int copy(struct __sk_buff *skb, u32 size) {
     struct record record = {};
     if (bpf_skb_load_bytes(skb, 0, &record, sizeof(record)) < 0)
         return TC_ACT_SHOT;
-    u32 slot = global_policy_events.ringbuf_output(&record, sizeof(record), 0) ? 1 : 0;
+    u32 slot = global_policy_events.ringbuf_output(&record, size, 0) ? 1 : 0;
     u64 *count = produced.lookup(&slot);
     if (count)
         __sync_fetch_and_add(count, 1);
     return TC_ACT_OK;
 }
+
+int copy_packet(struct __sk_buff *skb) { return copy(skb, sizeof(struct record)); }
+
+/* The first half only: a record of a size the consumer does not expect. */
+int copy_half_packet(struct __sk_buff *skb) { return copy(skb, sizeof(struct record) / 2); }
 """
 
 
@@ -46,6 +51,7 @@ class RecordProducer:
             ],
         )
         self.program = self.bpf.load_func(b"copy_packet", BPF.SCHED_CLS)
+        self.half_program = self.bpf.load_func(b"copy_half_packet", BPF.SCHED_CLS)
         self.pinned: Path | None = None
 
     @property
@@ -57,11 +63,13 @@ class RecordProducer:
         bpf_syscall.obj_pin(self.ring_fd, str(path))
         self.pinned = path
 
-    def produce(self, records: bytes, repeat: int = 1) -> None:
-        """Put each record of ``records`` into the ring buffer ``repeat`` times."""
+    def produce(self, records: bytes, repeat: int = 1, half: bool = False) -> None:
+        """Put each record of ``records`` into the ring buffer ``repeat`` times
+        (only its first half with ``half``)."""
+        program = self.half_program if half else self.program
         for start in range(0, len(records), self.record_size):
             record = records[start : start + self.record_size]
-            bpf_syscall.prog_test_run(self.program.fd, record, repeat=repeat)
+            bpf_syscall.prog_test_run(program.fd, record, repeat=repeat)
 
     def counts(self) -> tuple[int, int]:
         """(records written, records refused because the ring buffer was full)."""
