@@ -194,7 +194,10 @@ class RingBufferSource:
                 yield batch  # processed by the time the loop resumes
             self.ring.release()
             if batch is not None and (len(batch) == MAX_BATCH_RECORDS or self.ring.more_waiting):
-                continue  # more is waiting
+                # More is waiting; the probes and the exporter get their turn
+                # between batches, so a backlog does not keep them waiting.
+                await asyncio.sleep(0)
+                continue
             if self._stopping.is_set():
                 if batch is None:
                     return
