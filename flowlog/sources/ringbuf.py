@@ -142,8 +142,6 @@ class RingBuffer:
         if position == consumer:
             return None
         self._read_up_to = position
-        if len(records) == max_records and position - consumer < available:
-            self.more_waiting = True
         if not records:
             return FlowBatch.empty()
         raw = np.concatenate(records)
