@@ -17,7 +17,7 @@ venv: $(STAMP)
 
 # Debian's bcc lives in dist-packages and loads libbcc through ctypes; a link
 # makes exactly that package (and nothing else from dist-packages) importable.
-$(STAMP): pyproject.toml flowlog/cloudwatch/_framing.c | host
+$(STAMP): pyproject.toml $(wildcard flowlog/*.c flowlog/*/*.c) bpf/flow_event.h | host
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev,bench]'

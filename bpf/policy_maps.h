@@ -48,21 +48,41 @@ struct rule_value {
 	struct port_rule ports[MAX_PORT_RULES];
 };
 
-/* conntrack (LRU): flows already allowed, keyed as their first packet travelled. */
+/* conntrack (LRU): flows already allowed, with what they carried. The key
+ * holds both ends in a fixed order (the lower address, then port, first), so a
+ * packet and its replies find the same entry with one lookup. */
 struct flow_key {
-	__u8 src_ip[16];
-	__u8 dest_ip[16];
-	__u16 src_port; /* host byte order; ICMP echo: the identifier, both ports */
-	__u16 dest_port;
+	__u8 lower_ip[16];
+	__u8 upper_ip[16];
+	__u16 lower_port; /* host byte order; ICMP echo: the identifier, both ports */
+	__u16 upper_port;
 	__u8 protocol;
 	__u8 pad[3];
-	__u32 ifindex;  /* the pod's veth: each pod keeps its own view of a flow */
+	__u32 ifindex;    /* the pod's veth: each pod keeps its own view of a flow */
 };
 
+/* flow_state.flags */
+#define FLOW_SOURCE_IS_UPPER 1 /* the flow's first packet came from the key's upper end */
+#define FLOW_FIN_SENT 2        /* FIN from the flow's source */
+#define FLOW_FIN_RECEIVED 4    /* FIN from its destination */
+#define FLOW_RESET 8           /* RST either way */
+#define FLOW_ENDED 16          /* its flow_end has been written; counters are final */
+
+/* flow_state.packets and .bytes: the flow's two directions. */
+#define FLOW_SENT 0     /* from the flow's source to its destination */
+#define FLOW_RECEIVED 1 /* back */
+
 struct flow_state {
-	__u32 policy_id; /* the policy that allowed the flow; 0: no policy needed */
-	__u8 is_egress;
-	__u8 pad[3];
+	__u64 start_ns;   /* first packet, CLOCK_MONOTONIC */
+	__u64 last_ns;    /* latest packet counted */
+	__u64 packets[2]; /* FLOW_SENT, FLOW_RECEIVED */
+	__u64 bytes[2];   /* L3 bytes */
+	__u64 flags;      /* FLOW_*; 64 bits wide for the atomic fetch-or */
+	__u32 policy_id;  /* the policy that allowed the flow; 0: no policy needed */
+	__u32 endpoint_id;
+	__u8 is_egress;   /* of the first packet */
+	__u8 tier;
+	__u8 pad[6];
 };
 
 /* settings (ARRAY of __u32): switches flowlog flips at run time, one slot

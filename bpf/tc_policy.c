@@ -5,10 +5,15 @@
  * handle_ingress sees traffic into the pod (the veth's tc egress hook),
  * handle_egress traffic out of it (the veth's tc ingress hook). The first
  * packet of a flow is judged against the pod's rules and reported in
- * policy_events; allowed flows enter conntrack, so their later packets and
- * replies pass without a lookup in the rules or an event. Denied packets
- * are judged (and reported) every time. A bare TCP SYN always opens a new
- * connection, so it is always judged.
+ * policy_events; allowed flows enter conntrack, where their later packets and
+ * replies are counted (one lookup, two atomic adds) and pass without a lookup
+ * in the rules or an event. Denied packets are judged (and reported) every
+ * time. A bare TCP SYN is always judged: it may open a new connection.
+ *
+ * A TCP flow ends when both sides have sent FIN, or at a RST: its flow_end,
+ * with the counters, is reported at once and the entry stays, frozen, until
+ * the agent removes it. Flows that go idle are ended by the agent, which
+ * scans conntrack in batches (flowlog/dataplane/flows.py).
  *
  * Compiled with -DRINGBUF_PAGES, -DTAP_PAGES, -DCONNTRACK_ENTRIES and
  * -DCONNTRACK_PIN (where conntrack is pinned, so a restarted agent keeps it).
@@ -49,10 +54,20 @@ enum parse_result {
 	PASS,  /* not ours to judge: non-IP, neighbour discovery, ICMP errors */
 };
 
+#define TCP_FIN 0x01
+#define TCP_SYN 0x02
+#define TCP_RST 0x04
+#define TCP_ACK 0x10
+
+/* A packet as it travels. */
 struct packet {
-	struct flow_key flow; /* the packet as it travels */
-	__u16 icmp_id;        /* ICMP echo identifier, part of the flow key only */
-	__u8 bare_syn;        /* TCP SYN without ACK: a new connection */
+	__u8 src_ip[16]; /* IPv4 as ::ffff:a.b.c.d */
+	__u8 dest_ip[16];
+	__u16 src_port;  /* host byte order */
+	__u16 dest_port;
+	__u16 icmp_id;   /* ICMP echo identifier, part of the flow key only */
+	__u8 protocol;
+	__u8 tcp_flags;  /* TCP_* bits of the header */
 };
 
 struct l4_ports {
@@ -72,20 +87,20 @@ static __always_inline void map_ipv4(__u8 *out, __be32 addr)
  * that belongs to the network itself rather than to a flow. */
 static __always_inline int parse_l4(struct packet *pkt, void *l4, void *data_end)
 {
-	__u8 protocol = pkt->flow.protocol;
+	__u8 protocol = pkt->protocol;
 
 	if (protocol == IPPROTO_TCP || protocol == IPPROTO_UDP || protocol == IPPROTO_SCTP) {
 		struct l4_ports *ports = l4;
 
 		if ((void *)(ports + 1) > data_end)
 			return JUDGE;
-		pkt->flow.src_port = bpf_ntohs(ports->source);
-		pkt->flow.dest_port = bpf_ntohs(ports->dest);
+		pkt->src_port = bpf_ntohs(ports->source);
+		pkt->dest_port = bpf_ntohs(ports->dest);
 		if (protocol == IPPROTO_TCP) {
-			struct tcphdr *tcp = l4;
+			__u8 *flags = l4 + 13; /* after the ports, sequence and ack numbers, offset */
 
-			if ((void *)(tcp + 1) <= data_end)
-				pkt->bare_syn = tcp->syn && !tcp->ack;
+			if ((void *)(flags + 1) <= data_end)
+				pkt->tcp_flags = *flags;
 		}
 		return JUDGE;
 	}
@@ -137,9 +152,9 @@ static __always_inline int parse_packet(struct __sk_buff *skb, struct packet *pk
 
 		if ((void *)(ip + 1) > data_end || ip->ihl < 5)
 			return PASS;
-		map_ipv4(pkt->flow.src_ip, ip->saddr);
-		map_ipv4(pkt->flow.dest_ip, ip->daddr);
-		pkt->flow.protocol = ip->protocol;
+		map_ipv4(pkt->src_ip, ip->saddr);
+		map_ipv4(pkt->dest_ip, ip->daddr);
+		pkt->protocol = ip->protocol;
 		/* Later fragments carry no ports: judged on addresses and protocol. */
 		if (ip->frag_off & bpf_htons(IPV4_FRAGMENT_OFFSET))
 			return JUDGE;
@@ -151,17 +166,17 @@ static __always_inline int parse_packet(struct __sk_buff *skb, struct packet *pk
 
 		if (l4 > data_end)
 			return PASS;
-		__builtin_memcpy(pkt->flow.src_ip, &ip6->saddr, 16);
-		__builtin_memcpy(pkt->flow.dest_ip, &ip6->daddr, 16);
-		pkt->flow.protocol = ip6->nexthdr;
+		__builtin_memcpy(pkt->src_ip, &ip6->saddr, 16);
+		__builtin_memcpy(pkt->dest_ip, &ip6->daddr, 16);
+		pkt->protocol = ip6->nexthdr;
 		/* One hop-by-hop header (multicast listener reports carry it) is
 		 * skipped; any other extension header is judged as protocol UNKNOWN. */
-		if (pkt->flow.protocol == IPPROTO_HOPOPTS) {
+		if (pkt->protocol == IPPROTO_HOPOPTS) {
 			struct ipv6_opt_hdr *hop = l4;
 
 			if ((void *)(hop + 1) > data_end)
 				return JUDGE;
-			pkt->flow.protocol = hop->nexthdr;
+			pkt->protocol = hop->nexthdr;
 			l4 += (hop->hdrlen + 1) * 8;
 		}
 		return parse_l4(pkt, l4, data_end);
@@ -169,37 +184,156 @@ static __always_inline int parse_packet(struct __sk_buff *skb, struct packet *pk
 	return PASS;
 }
 
-/* Whether this packet belongs to a flow the pod already allowed: the same
- * direction as its first packet, or a reply to it. */
-static __always_inline bool is_known_flow(const struct packet *pkt)
+/* Whether (ip_a, port_a) sorts after (ip_b, port_b): any fixed order will do. */
+static __always_inline bool sorts_after(const __u8 *ip_a, __u16 port_a, const __u8 *ip_b,
+					__u16 port_b)
 {
-	struct flow_key key = pkt->flow;
+	const __u64 *a = (const __u64 *)ip_a, *b = (const __u64 *)ip_b;
 
-	if (pkt->icmp_id)
-		key.src_port = key.dest_port = pkt->icmp_id;
-	if (conntrack.lookup(&key))
-		return true;
-	__builtin_memcpy(key.src_ip, pkt->flow.dest_ip, 16);
-	__builtin_memcpy(key.dest_ip, pkt->flow.src_ip, 16);
-	key.src_port = pkt->icmp_id ? pkt->icmp_id : pkt->flow.dest_port;
-	key.dest_port = pkt->icmp_id ? pkt->icmp_id : pkt->flow.src_port;
-	return conntrack.lookup(&key) != NULL;
+	if (a[0] != b[0])
+		return a[0] > b[0];
+	if (a[1] != b[1])
+		return a[1] > b[1];
+	return port_a > port_b;
 }
 
-static __always_inline void remember_flow(const struct packet *pkt, struct flow_event *event)
+/* The conntrack key of the packet's flow; returns whether the packet's source
+ * is the key's upper end. */
+static __always_inline bool flow_key_of(const struct packet *pkt, __u32 ifindex,
+					struct flow_key *key)
 {
-	struct flow_key key = pkt->flow;
-	struct flow_state state = {.policy_id = event->policy_id, .is_egress = event->is_egress};
-	struct flow_state *known;
+	__u16 src_port = pkt->icmp_id ? pkt->icmp_id : pkt->src_port;
+	__u16 dest_port = pkt->icmp_id ? pkt->icmp_id : pkt->dest_port;
+	bool src_is_upper = sorts_after(pkt->src_ip, src_port, pkt->dest_ip, dest_port);
 
-	if (pkt->icmp_id)
-		key.src_port = key.dest_port = pkt->icmp_id;
-	/* A repeated SYN finds its flow already there: a lookup is far cheaper
-	 * than an LRU update. */
-	known = conntrack.lookup(&key);
-	if (known && known->policy_id == state.policy_id && known->is_egress == state.is_egress)
+	if (src_is_upper) {
+		__builtin_memcpy(key->lower_ip, pkt->dest_ip, 16);
+		__builtin_memcpy(key->upper_ip, pkt->src_ip, 16);
+		key->lower_port = dest_port;
+		key->upper_port = src_port;
+	} else {
+		__builtin_memcpy(key->lower_ip, pkt->src_ip, 16);
+		__builtin_memcpy(key->upper_ip, pkt->dest_ip, 16);
+		key->lower_port = src_port;
+		key->upper_port = dest_port;
+	}
+	key->protocol = pkt->protocol;
+	key->ifindex = ifindex;
+	return src_is_upper;
+}
+
+static __always_inline bool setting(__u32 slot)
+{
+	__u32 *value = settings.lookup(&slot);
+
+	return value && *value;
+}
+
+static __always_inline void report(void *event, __u64 size)
+{
+	if (setting(SETTING_EMIT_EVENTS) && policy_events.ringbuf_output(event, size, 0))
+		ringbuf_lost.increment(LOST_POLICY_EVENTS);
+	if (setting(SETTING_TAP_EVENTS) && tap_events.ringbuf_output(event, size, 0))
+		ringbuf_lost.increment(LOST_TAP_EVENTS);
+}
+
+/* The flow_end of a conntrack entry: the flow as its first packet travelled. */
+static __always_inline void report_flow_end(const struct flow_key *key,
+					    const struct flow_state *state, __u64 now)
+{
+	bool source_is_upper = state->flags & FLOW_SOURCE_IS_UPPER;
+	bool icmp = key->protocol == IPPROTO_ICMP || key->protocol == IPPROTO_ICMPV6;
+	struct flow_end end = {
+		.flow = {
+			.timestamp_ns = now,
+			.protocol = key->protocol,
+			.verdict = VERDICT_EXPIRED,
+			.is_egress = state->is_egress,
+			.tier = state->tier,
+			.ifindex = key->ifindex,
+			.endpoint_id = state->endpoint_id,
+			.policy_id = state->policy_id,
+		},
+		.start_ns = state->start_ns,
+		.last_ns = state->last_ns,
+		.packets_sent = state->packets[FLOW_SENT],
+		.bytes_sent = state->bytes[FLOW_SENT],
+		.packets_received = state->packets[FLOW_RECEIVED],
+		.bytes_received = state->bytes[FLOW_RECEIVED],
+	};
+
+	__builtin_memcpy(end.flow.src_ip, source_is_upper ? key->upper_ip : key->lower_ip, 16);
+	__builtin_memcpy(end.flow.dest_ip, source_is_upper ? key->lower_ip : key->upper_ip, 16);
+	if (!icmp) {
+		end.flow.src_port = source_is_upper ? key->upper_port : key->lower_port;
+		end.flow.dest_port = source_is_upper ? key->lower_port : key->upper_port;
+	}
+	report(&end, sizeof(end));
+}
+
+/* FIN or RST on a known TCP flow: the flow ends when both sides have sent
+ * FIN, or at the first RST. Whichever CPU marks it ended reports it, once. */
+static __always_inline void follow_close(const struct flow_key *key, struct flow_state *state,
+					 __u8 tcp_flags, int direction, __u64 now)
+{
+	__u64 mark = tcp_flags & TCP_RST ? FLOW_RESET
+		     : direction == FLOW_SENT ? FLOW_FIN_SENT : FLOW_FIN_RECEIVED;
+	__u64 flags = __sync_fetch_and_or(&state->flags, mark) | mark;
+	bool closed = (flags & FLOW_RESET) ||
+		      (flags & (FLOW_FIN_SENT | FLOW_FIN_RECEIVED)) ==
+			      (FLOW_FIN_SENT | FLOW_FIN_RECEIVED);
+
+	if (!closed || (flags & FLOW_ENDED))
 		return;
-	conntrack.update(&key, &state);
+	if (__sync_fetch_and_or(&state->flags, FLOW_ENDED) & FLOW_ENDED)
+		return;
+	report_flow_end(key, state, now);
+}
+
+/* A packet of a flow conntrack knows: counted, and followed to its close. */
+static __always_inline void count_packet(const struct flow_key *key, struct flow_state *state,
+					 const struct packet *pkt, bool src_is_upper,
+					 __u32 bytes, __u64 now)
+{
+	int direction = src_is_upper == !!(state->flags & FLOW_SOURCE_IS_UPPER) ? FLOW_SENT
+										  : FLOW_RECEIVED;
+
+	if (state->flags & FLOW_ENDED)
+		return; /* reported already: the stragglers of a close */
+	__sync_fetch_and_add(&state->packets[direction], 1);
+	__sync_fetch_and_add(&state->bytes[direction], bytes);
+	state->last_ns = now;
+	if (pkt->protocol == IPPROTO_TCP && (pkt->tcp_flags & (TCP_FIN | TCP_RST)))
+		follow_close(key, state, pkt->tcp_flags, direction, now);
+}
+
+/* A new flow allowed by ``event``: its conntrack entry, counting its first packet. */
+static __always_inline void start_flow(const struct flow_key *key, bool src_is_upper,
+				       const struct flow_event *event, __u32 bytes, __u64 now)
+{
+	struct flow_state state = {
+		.start_ns = now,
+		.last_ns = now,
+		.flags = src_is_upper ? FLOW_SOURCE_IS_UPPER : 0,
+		.policy_id = event->policy_id,
+		.endpoint_id = event->endpoint_id,
+		.is_egress = event->is_egress,
+		.tier = event->tier,
+	};
+
+	state.packets[FLOW_SENT] = 1;
+	state.bytes[FLOW_SENT] = bytes;
+	conntrack.update(key, &state);
+}
+
+/* Whether a bare SYN is more of the flow conntrack holds for it (a
+ * retransmission), rather than a new connection on the same addresses. */
+static __always_inline bool continues_flow(const struct flow_state *state, bool src_is_upper,
+					   const struct flow_event *event)
+{
+	return !(state->flags & FLOW_ENDED) &&
+	       src_is_upper == !!(state->flags & FLOW_SOURCE_IS_UPPER) &&
+	       state->policy_id == event->policy_id && state->is_egress == event->is_egress;
 }
 
 /* The first port entry allowing this packet to or from `remote`, or NULL. */
@@ -209,7 +343,7 @@ static __always_inline struct port_rule *find_port_rule(const struct endpoint *e
 {
 	struct rule_key key = {.prefixlen = 32 + 128, .rules_id = ep->rules_id};
 	struct rule_value *rules;
-	__u16 port = pkt->flow.dest_port;
+	__u16 port = pkt->dest_port;
 
 	__builtin_memcpy(key.ip, remote, 16);
 	rules = is_egress ? egress_rules.lookup(&key) : ingress_rules.lookup(&key);
@@ -220,7 +354,7 @@ static __always_inline struct port_rule *find_port_rule(const struct endpoint *e
 
 		if (i >= rules->count)
 			break;
-		if (rule->protocol && rule->protocol != pkt->flow.protocol)
+		if (rule->protocol && rule->protocol != pkt->protocol)
 			continue;
 		if (!rule->port || (port >= rule->port && port <= rule->end_port))
 			return rule;
@@ -232,7 +366,7 @@ static __always_inline void judge(const struct endpoint *ep, const struct packet
 				  bool is_egress, struct flow_event *event)
 {
 	__u32 isolated = is_egress ? ENDPOINT_EGRESS_ISOLATED : ENDPOINT_INGRESS_ISOLATED;
-	const __u8 *remote = is_egress ? pkt->flow.dest_ip : pkt->flow.src_ip;
+	const __u8 *remote = is_egress ? pkt->dest_ip : pkt->src_ip;
 	struct port_rule *rule;
 
 	if (!(ep->flags & isolated)) {
@@ -252,47 +386,42 @@ static __always_inline void judge(const struct endpoint *ep, const struct packet
 	event->tier = event->policy_id ? TIER_NETWORK_POLICY : TIER_DEFAULT;
 }
 
-static __always_inline bool setting(__u32 slot)
-{
-	__u32 *value = settings.lookup(&slot);
-
-	return value && *value;
-}
-
-static __always_inline void report(struct flow_event *event)
-{
-	if (setting(SETTING_EMIT_EVENTS) && policy_events.ringbuf_output(event, sizeof(*event), 0))
-		ringbuf_lost.increment(LOST_POLICY_EVENTS);
-	if (setting(SETTING_TAP_EVENTS) && tap_events.ringbuf_output(event, sizeof(*event), 0))
-		ringbuf_lost.increment(LOST_TAP_EVENTS);
-}
-
 static __always_inline int handle(struct __sk_buff *skb, bool is_egress)
 {
 	__u32 ifindex = skb->ifindex;
+	__u32 bytes = skb->len > ETH_HLEN ? skb->len - ETH_HLEN : 0; /* L3 */
 	struct packet pkt = {};
+	struct flow_key key = {};
+	struct flow_state *state;
 	struct endpoint *ep;
+	bool src_is_upper, bare_syn;
+	__u64 now;
 
 	if (parse_packet(skb, &pkt) == PASS)
 		return TC_ACT_OK;
 	ep = endpoints.lookup(&ifindex);
 	if (!ep && !setting(SETTING_STRICT))
 		return TC_ACT_OK;
-	pkt.flow.ifindex = ifindex;
-	if (!pkt.bare_syn && is_known_flow(&pkt))
+	src_is_upper = flow_key_of(&pkt, ifindex, &key);
+	bare_syn = pkt.protocol == IPPROTO_TCP && (pkt.tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN;
+	state = conntrack.lookup(&key);
+	now = bpf_ktime_get_ns();
+	if (state && !bare_syn) {
+		count_packet(&key, state, &pkt, src_is_upper, bytes, now);
 		return TC_ACT_OK;
+	}
 
 	struct flow_event event = {
-		.timestamp_ns = bpf_ktime_get_ns(),
-		.src_port = pkt.flow.src_port,
-		.dest_port = pkt.flow.dest_port,
-		.protocol = pkt.flow.protocol,
+		.timestamp_ns = now,
+		.src_port = pkt.src_port,
+		.dest_port = pkt.dest_port,
+		.protocol = pkt.protocol,
 		.is_egress = is_egress,
 		.packet_size = skb->len,
 		.ifindex = ifindex,
 	};
-	__builtin_memcpy(event.src_ip, pkt.flow.src_ip, 16);
-	__builtin_memcpy(event.dest_ip, pkt.flow.dest_ip, 16);
+	__builtin_memcpy(event.src_ip, pkt.src_ip, 16);
+	__builtin_memcpy(event.dest_ip, pkt.dest_ip, 16);
 	if (ep) {
 		event.endpoint_id = ep->endpoint_id;
 		judge(ep, &pkt, is_egress, &event);
@@ -301,10 +430,22 @@ static __always_inline int handle(struct __sk_buff *skb, bool is_egress)
 		event.verdict = VERDICT_DENY;
 		event.tier = TIER_DEFAULT;
 	}
-	if (event.verdict == VERDICT_ACCEPT)
-		remember_flow(&pkt, &event);
-	report(&event);
-	return event.verdict == VERDICT_ACCEPT ? TC_ACT_OK : TC_ACT_SHOT;
+	if (event.verdict != VERDICT_ACCEPT) {
+		report(&event, sizeof(event));
+		return TC_ACT_SHOT;
+	}
+	if (state && continues_flow(state, src_is_upper, &event)) {
+		count_packet(&key, state, &pkt, src_is_upper, bytes, now);
+		return TC_ACT_OK;
+	}
+	if (state && !(state->flags & FLOW_ENDED)) {
+		/* A new connection replaces one that never closed: that one ends here. */
+		if (!(__sync_fetch_and_or(&state->flags, FLOW_ENDED) & FLOW_ENDED))
+			report_flow_end(&key, state, now);
+	}
+	start_flow(&key, src_is_upper, &event, bytes, now);
+	report(&event, sizeof(event));
+	return TC_ACT_OK;
 }
 
 int handle_ingress(struct __sk_buff *skb)

@@ -25,6 +25,9 @@ import watchfiles
 
 from flowlog import bpf_syscall, config, metrics
 from flowlog.config import ConfigError, Settings
+from flowlog.flows import metrics as flow_metrics
+from flowlog.flows.table import SCAN_SECONDS as FLOW_SCAN_SECONDS
+from flowlog.flows.table import FlowTable
 from flowlog.format import Attribution
 from flowlog.logfile import LineSink
 from flowlog.pipeline import Pipeline
@@ -108,6 +111,7 @@ class Agent:
         self._ready = False
         self._tasks: list[asyncio.Task] = []
         self.dataplane: Any = None
+        self.flows: FlowTable | None = None
         self.shipper: Shipper | None = None
         self.ring: RingBuffer | None = None
         self.source: RingBufferSource | None = None
@@ -144,6 +148,7 @@ class Agent:
         if self.dataplane is not None:
             self._start(self.dataplane.run(), "dataplane")
             self._start(self._watch_lost_events(), "lost-events")
+            self._start(self._end_idle_flows(), "flows")
         if settings.config:
             self._start(self._watch_config(), "config")
         self._ready = True
@@ -177,6 +182,7 @@ class Agent:
                     "headers at /lib/modules/$(uname -r)/build)"
                 ) from None
             self.dataplane = dataplane
+            self.flows = FlowTable(dataplane.conntrack_fd, settings.flow_idle_timeouts)
             self.dataplane.set_event_logging(settings.enable_policy_event_logs)
             self.ring = RingBuffer(
                 self.dataplane.ringbuf_fd, self.dataplane.ringbuf_size, LAYOUTS["flowlog"]
@@ -235,6 +241,15 @@ class Agent:
                 reported_total = self._lost_total
                 last_report = loop.time()
             await asyncio.sleep(LOST_EVENTS_POLL_SECONDS)
+
+    async def _end_idle_flows(self) -> None:
+        """Flows that went idle end here (closed ones the programs report themselves)."""
+        assert self.pipeline and self.flows
+        while True:
+            await asyncio.sleep(FLOW_SCAN_SECONDS)
+            self.pipeline.process(self.flows.expire())
+            flow_metrics.CONNTRACK_ENTRIES.set(self.flows.entries)
+            flow_metrics.SCAN_SECONDS.inc(self.flows.scan_seconds)
 
     def count_lost_events(self) -> None:
         total = self.dataplane.lost_events()
@@ -342,6 +357,9 @@ class Agent:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.dataplane is not None:
             self.count_lost_events()
+            if self.pipeline and self.flows and not self.settings.keep_programs:
+                # The programs go with us: every flow still open ends now.
+                self.pipeline.process(self.flows.end_all())
         if self.sink:
             self.sink.close()
         if self.shipper:

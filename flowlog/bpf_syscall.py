@@ -2,8 +2,9 @@
 
 bcc compiles and loads our programs; these cover what it does not: opening a
 map another agent pinned (the AWS agent's ring buffer), asking what it is,
-and running a program on a crafted packet (BPF_PROG_TEST_RUN), which the
-benchmarks use as a traffic generator.
+reading and deleting many entries in one call (the agent's scan of
+conntrack), and running a program on a crafted packet (BPF_PROG_TEST_RUN),
+which the benchmarks use as a traffic generator.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import platform
 import struct
 from dataclasses import dataclass
 
+import numpy as np
+
 BPF_MAP_LOOKUP_ELEM = 1
 BPF_MAP_UPDATE_ELEM = 2
 BPF_MAP_DELETE_ELEM = 3
@@ -22,6 +25,10 @@ BPF_OBJ_PIN = 6
 BPF_OBJ_GET = 7
 BPF_PROG_TEST_RUN = 10
 BPF_OBJ_GET_INFO_BY_FD = 15
+BPF_ENABLE_STATS = 32
+BPF_MAP_LOOKUP_BATCH = 24
+BPF_MAP_DELETE_BATCH = 27
+BPF_STATS_RUN_TIME = 0
 BPF_MAP_TYPE_RINGBUF = 27
 
 _SYSCALL_NUMBERS = {"x86_64": 321, "aarch64": 280}
@@ -42,6 +49,19 @@ class _MapElemAttr(ctypes.Structure):
         ("pad", ctypes.c_uint32),
         ("key", ctypes.c_uint64),
         ("value", ctypes.c_uint64),  # next_key for BPF_MAP_GET_NEXT_KEY
+        ("flags", ctypes.c_uint64),
+    ]
+
+
+class _BatchAttr(ctypes.Structure):
+    _fields_ = [
+        ("in_batch", ctypes.c_uint64),
+        ("out_batch", ctypes.c_uint64),
+        ("keys", ctypes.c_uint64),
+        ("values", ctypes.c_uint64),
+        ("count", ctypes.c_uint32),
+        ("map_fd", ctypes.c_uint32),
+        ("elem_flags", ctypes.c_uint64),
         ("flags", ctypes.c_uint64),
     ]
 
@@ -142,6 +162,55 @@ def map_next_key(fd: int, key: ctypes._CData | None, next_key: ctypes._CData) ->
     except FileNotFoundError:
         return False
     return True
+
+
+def map_lookup_batch(
+    fd: int, keys: np.ndarray, values: np.ndarray, cursor: int | None
+) -> tuple[int, int | None]:
+    """Entries of a hash map into ``keys`` and ``values`` (arrays of the map's key
+    and value records, as many as fit), from ``cursor`` (None: the start);
+    returns how many, and the cursor to go on from (None once the map is done).
+    A snapshot of a changing map may miss or repeat entries."""
+    start = ctypes.c_uint32(cursor or 0)
+    following = ctypes.c_uint32()
+    attr = _BatchAttr(
+        in_batch=ctypes.addressof(start) if cursor is not None else 0,
+        out_batch=ctypes.addressof(following),
+        keys=keys.ctypes.data,
+        values=values.ctypes.data,
+        count=min(len(keys), len(values)),
+        map_fd=fd,
+    )
+    try:
+        _bpf(BPF_MAP_LOOKUP_BATCH, attr)
+    except FileNotFoundError:  # the last entries, or none
+        return attr.count, None
+    return attr.count, following.value
+
+
+def map_delete_batch(fd: int, keys: np.ndarray) -> int:
+    """Delete every key of ``keys`` (an array of the map's key records) that is
+    there; returns how many were."""
+    deleted = done = 0
+    while done < len(keys):
+        attr = _BatchAttr(
+            keys=keys.ctypes.data + done * keys.itemsize, count=len(keys) - done, map_fd=fd
+        )
+        try:
+            _bpf(BPF_MAP_DELETE_BATCH, attr)
+        except FileNotFoundError:  # that key is gone already: go on after it
+            deleted += attr.count
+            done += attr.count + 1
+            continue
+        return deleted + attr.count
+    return deleted
+
+
+def enable_run_time_stats() -> int:
+    """Have the kernel count every program's runs and run time while the returned
+    fd is open (BPF_ENABLE_STATS), as ``sysctl kernel.bpf_stats_enabled=1`` does."""
+    attr = ctypes.c_uint32(BPF_STATS_RUN_TIME)
+    return _bpf(BPF_ENABLE_STATS, attr)
 
 
 def possible_cpus() -> int:

@@ -29,11 +29,17 @@ from typing import Any
 import orjson
 import yaml
 
+from flowlog.flows.timeouts import IdleTimeouts, parse_idle_timeouts
 from flowlog.records import LAYOUTS, VERDICT_NAMES
 
 DEFAULT_LOG_FILE = "/var/log/aws-routed-eni/network-policy-agent.log"
+DEFAULT_IPAM_CHECKPOINT = "/var/run/aws-node/ipam.json"
+DEFAULT_SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 STDOUT = "stdout"
 MEGABYTE = 1024 * 1024
+MAX_COMPRESS_LEVEL = 3
+AGGREGATION_LEVELS = ("flow", "peer", "workload")
+WATCH_PODS = ("all", "node", "none")
 
 
 class ConfigError(ValueError):
@@ -114,6 +120,13 @@ def _string(value: Any) -> str:
     if isinstance(value, list | dict):
         raise ValueError(f"expected a string, got {value!r}")
     return str(value).strip()
+
+
+def _parse_compress_level(value: Any) -> int:
+    level = _parse_int(0)(value)
+    if level > MAX_COMPRESS_LEVEL:
+        raise ValueError(f"expected 0-{MAX_COMPRESS_LEVEL} (ISA-L's levels), got {level}")
+    return level
 
 
 def parse_verdicts(value: Any) -> frozenset[str]:
@@ -209,10 +222,41 @@ OPTIONS: tuple[Option, ...] = (
         is_flag_bool=True,
     ),
     Option(
+        "log_file_compress_level",
+        _parse_compress_level,
+        f"compression level of rotated flow logs, 0 (fastest) to {MAX_COMPRESS_LEVEL}",
+        "logFileCompressLevel",
+        metavar="LEVEL",
+    ),
+    Option(
         "flow_log_verdicts",
         parse_verdicts,
         "verdicts to write: a list of ACCEPT, DENY, EXPIRED, or all",
         "flowLogVerdicts",
+        metavar="LIST",
+    ),
+    Option(
+        "flow_log_aggregate",
+        _parse_int(0),
+        "write one summary per flow key every this many seconds instead of a line "
+        "per verdict (0: a line per verdict)",
+        "flowLogAggregate",
+        metavar="SECONDS",
+    ),
+    Option(
+        "flow_log_aggregate_by",
+        _choice(*AGGREGATION_LEVELS),
+        "what a summary's key keeps: flow (the 5-tuple), peer (both ends and the "
+        "destination port), workload (pods of one workload together)",
+        "flowLogAggregateBy",
+        metavar="LEVEL",
+    ),
+    Option(
+        "flow_idle_timeouts",
+        parse_idle_timeouts,
+        "seconds without a packet before a flow ends, by protocol: "
+        "tcp=300,tcp-half-open=30,udp=60,icmp=30,other=60",
+        "flowIdleTimeouts",
         metavar="LIST",
     ),
     Option(
@@ -284,6 +328,36 @@ OPTIONS: tuple[Option, ...] = (
         metavar="DIR",
     ),
     Option(
+        "kubeconfig",
+        _string,
+        "kubeconfig for the Kubernetes API outside a cluster (in a pod the service "
+        "account is used)",
+        "kubeconfig",
+        env=("KUBECONFIG",),
+        metavar="PATH",
+    ),
+    Option(
+        "service_account_dir",
+        _string,
+        "where the pod's service account token and CA are mounted",
+        "serviceAccountDir",
+        metavar="DIR",
+    ),
+    Option(
+        "watch_pods",
+        _choice(*WATCH_PODS),
+        "pods to name flows by: all (the cluster's), node (this node's only), none",
+        "watchPods",
+        metavar="WHICH",
+    ),
+    Option(
+        "ipam_checkpoint",
+        _string,
+        "the VPC CNI's checkpoint, naming this node's pods without the API",
+        "ipamCheckpoint",
+        metavar="PATH",
+    ),
+    Option(
         "ringbuf_pin",
         _string,
         "read this pinned ring buffer instead of loading "
@@ -333,10 +407,14 @@ class Settings:
     log_file_max_backups: int = 8
     log_file_max_age: int = 30
     log_file_compress: bool = True
+    log_file_compress_level: int = 1
     # The Go agent writes every verdict; so do we, unless told otherwise.
     flow_log_verdicts: frozenset[str] = field(
         default_factory=lambda: frozenset(VERDICT_NAMES.values())
     )
+    flow_log_aggregate: int = 0
+    flow_log_aggregate_by: str = "peer"
+    flow_idle_timeouts: IdleTimeouts = field(default_factory=IdleTimeouts)
     enable_ipv6: bool = False
     cluster_name: str = ""
     node_name: str = field(default_factory=socket.gethostname)
@@ -346,6 +424,10 @@ class Settings:
     cloudwatch_flush_interval: float = 5.0
     enforcing_mode: str = "standard"
     policy_dir: str = ""
+    kubeconfig: str = ""
+    service_account_dir: str = DEFAULT_SERVICE_ACCOUNT_DIR
+    watch_pods: str = "all"
+    ipam_checkpoint: str = DEFAULT_IPAM_CHECKPOINT
     ringbuf_pin: str = ""
     ringbuf_layout: str = ""
     # 466,000 of our 72-byte records: half a second at a million events a second,

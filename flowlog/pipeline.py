@@ -1,20 +1,22 @@
 """What happens to every batch of events, whatever its source.
 
 count (metrics, including the Go agent's drop counters) → keep the verdicts
-the user asked for → make timestamps non-decreasing → format → write → tell
-the shipper there is more to send. Everything works on whole batches.
+the user asked for → make timestamps non-decreasing → name both ends →
+format → write → tell the shipper there is more to send. Everything works on
+whole batches.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
 
 from flowlog import metrics
 from flowlog.config import Settings
-from flowlog.format import Attribution, FlowFormatter
+from flowlog.format import Attribution, FlowFormatter, PeerNames
 from flowlog.logfile import LineSink
 from flowlog.records import (
     DIRECTION_NAMES,
@@ -26,6 +28,12 @@ from flowlog.records import (
 )
 
 _CODES = np.arange(256)
+
+
+class Peers(PeerNames, Protocol):
+    """Who both ends of each event are (``flowlog.cluster.peers.Peers``)."""
+
+    def resolve(self, batch: FlowBatch) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 def _verdict_mask(names: frozenset[str]) -> np.ndarray:
@@ -41,9 +49,11 @@ class Pipeline:
         attribution: Attribution | None = None,
         on_written: Callable[[], None] | None = None,
         always_log: bool = False,
+        peers: Peers | None = None,
     ) -> None:
         self.sink = sink
-        self.formatter = FlowFormatter(settings.node_name, attribution)
+        self.peers = peers
+        self.formatter = FlowFormatter(settings.node_name, attribution, peers)
         # Called after lines reach the sink: the CloudWatch exporter's wake-up.
         self.on_written = on_written
         # Replay writes the flow log whatever enablePolicyEventLogs says.
@@ -70,7 +80,8 @@ class Pipeline:
             if len(batch) == 0:
                 return
         batch.epoch_ms = self._non_decreasing(batch.epoch_ms)
-        if self.sink.write(self.formatter.format_view(batch), len(batch)):
+        peer_ids = self.peers.resolve(batch) if self.peers is not None else None
+        if self.sink.write(self.formatter.format_view(batch, peer_ids), len(batch)):
             metrics.BATCH_LATENCY.set(max(0.0, time.time() - batch.epoch_ms[-1] / 1000))
             if self.on_written:
                 self.on_written()

@@ -1,10 +1,13 @@
 """Flow records: the binary event layouts flowlog reads, decoded in bulk.
 
-Every source hands the pipeline raw bytes of back-to-back fixed-size records.
-``decode`` turns a whole buffer of them into one ``FlowBatch``: a numpy array
-in flowlog's own layout (``FLOW_EVENT``, the mirror of ``bpf/flow_event.h``)
-plus the wall-clock time of each event. The AWS agent's layouts are converted
-into the same array, so everything downstream has one shape to deal with.
+Sources hand the pipeline records in one of the layouts below. ``decode``
+turns a whole array of them into one ``FlowBatch``: a numpy array in
+flowlog's own layout (``FLOW_END``, the mirror of ``struct flow_end`` in
+``bpf/flow_event.h``, whose first fields are ``struct flow_event``) plus the
+wall-clock time of each event. Verdicts arrive as the shorter
+``FLOW_EVENT`` and are read into the same dtype, with zero counters; the AWS agent's layouts
+are converted into the same array, so everything downstream has one shape to
+deal with.
 """
 
 from __future__ import annotations
@@ -49,22 +52,32 @@ def direction_name(is_egress: int) -> str:
 
 # --- layouts ---------------------------------------------------------------
 
-# flowlog's own event: bpf/flow_event.h, field for field.
-FLOW_EVENT = np.dtype(
+# flowlog's own events: bpf/flow_event.h, field for field.
+_VERDICT_FIELDS = [
+    ("timestamp_ns", "<u8"),
+    ("src_ip", "u1", (16,)),
+    ("dest_ip", "u1", (16,)),
+    ("src_port", "<u2"),
+    ("dest_port", "<u2"),
+    ("protocol", "u1"),
+    ("verdict", "u1"),
+    ("is_egress", "u1"),
+    ("tier", "u1"),
+    ("packet_size", "<u4"),
+    ("ifindex", "<u4"),
+    ("endpoint_id", "<u4"),
+    ("policy_id", "<u4"),
+]
+FLOW_EVENT = np.dtype(_VERDICT_FIELDS)  # struct flow_event: ACCEPT and DENY
+FLOW_END = np.dtype(  # struct flow_end: EXPIRED/DELETED, and every batch
     [
-        ("timestamp_ns", "<u8"),
-        ("src_ip", "u1", (16,)),
-        ("dest_ip", "u1", (16,)),
-        ("src_port", "<u2"),
-        ("dest_port", "<u2"),
-        ("protocol", "u1"),
-        ("verdict", "u1"),
-        ("is_egress", "u1"),
-        ("tier", "u1"),
-        ("packet_size", "<u4"),
-        ("ifindex", "<u4"),
-        ("endpoint_id", "<u4"),
-        ("policy_id", "<u4"),
+        *_VERDICT_FIELDS,
+        ("start_ns", "<u8"),
+        ("last_ns", "<u8"),
+        ("packets_sent", "<u8"),
+        ("bytes_sent", "<u8"),
+        ("packets_received", "<u8"),
+        ("bytes_received", "<u8"),
     ]
 )
 
@@ -100,7 +113,10 @@ class Layout:
     """One record layout a source can deliver."""
 
     name: str
-    dtype: np.dtype
+    dtype: np.dtype  # what its records are copied into
+    # Record lengths it may hold (a verdict is shorter than a flow end); the
+    # first ``size`` bytes of the dtype, the rest zero.
+    sizes: tuple[int, ...]
     # Whether records carry the kernel's own timestamp; the AWS layouts do not,
     # so their events are stamped with the time they were read.
     has_timestamp: bool
@@ -111,9 +127,11 @@ class Layout:
 
 
 LAYOUTS = {
-    "flowlog": Layout("flowlog", FLOW_EVENT, has_timestamp=True),
-    "aws-v4": Layout("aws-v4", AWS_V4, has_timestamp=False),
-    "aws-v6": Layout("aws-v6", AWS_V6, has_timestamp=False),
+    "flowlog": Layout(
+        "flowlog", FLOW_END, (FLOW_EVENT.itemsize, FLOW_END.itemsize), has_timestamp=True
+    ),
+    "aws-v4": Layout("aws-v4", AWS_V4, (AWS_V4.itemsize,), has_timestamp=False),
+    "aws-v6": Layout("aws-v6", AWS_V6, (AWS_V6.itemsize,), has_timestamp=False),
 }
 
 
@@ -121,7 +139,7 @@ LAYOUTS = {
 class FlowBatch:
     """Events in flowlog's layout, with the wall-clock time of each in ms."""
 
-    events: np.ndarray  # dtype FLOW_EVENT
+    events: np.ndarray  # dtype FLOW_END
     epoch_ms: np.ndarray  # int64, milliseconds since the Unix epoch
 
     def __len__(self) -> int:
@@ -132,7 +150,7 @@ class FlowBatch:
 
     @classmethod
     def empty(cls) -> FlowBatch:
-        return cls(np.zeros(0, FLOW_EVENT), np.zeros(0, np.int64))
+        return cls(np.zeros(0, FLOW_END), np.zeros(0, np.int64))
 
 
 def monotonic_to_epoch_offset_ns() -> int:
@@ -141,29 +159,40 @@ def monotonic_to_epoch_offset_ns() -> int:
 
 
 def decode(raw: bytes | bytearray | memoryview, layout: Layout) -> FlowBatch:
-    """Decode whole records from ``raw`` (its length a multiple of the record size)."""
+    """Decode back-to-back records of ``layout``'s dtype (a multiple of its size)."""
     return decode_records(np.frombuffer(raw, dtype=layout.dtype), layout)
 
 
-def decode_records(records: np.ndarray, layout: Layout) -> FlowBatch:
-    """A batch of records of ``layout`` (any array of its dtype, strided views too).
+def decode_each(records: list[bytes]) -> np.ndarray:
+    """flowlog's records one by one, verdicts and flow ends mixed, as FLOW_END
+    (for people and tests reading a few at a time)."""
+    events = np.zeros(len(records), FLOW_END)
+    for index, record in enumerate(records):
+        raw = record.ljust(FLOW_END.itemsize, b"\0")[: FLOW_END.itemsize]
+        events[index] = np.frombuffer(raw, FLOW_END)[0]
+    return events
 
-    flowlog's own records are used where they lie, without a copy: the batch is
-    then only valid as long as ``records`` is (the ring buffer keeps a record
-    until it is released). The AWS layouts are converted into new arrays.
+
+def decode_records(records: np.ndarray, layout: Layout) -> FlowBatch:
+    """A batch of records of ``layout``'s dtype.
+
+    flowlog's own records are used where they lie, without a copy: the batch
+    is then only valid as long as ``records`` is. The AWS layouts are
+    converted into new arrays.
     """
-    if layout.dtype is FLOW_EVENT:
-        events = records
-        epoch_ms = (
-            events["timestamp_ns"].astype(np.int64) + monotonic_to_epoch_offset_ns()
-        ) // 1_000_000
-        return FlowBatch(events, epoch_ms)
+    if layout.dtype is FLOW_END:
+        return FlowBatch(records, epoch_ms_of(records["timestamp_ns"]))
     return _from_aws(records, width=layout.dtype["src_ip"].shape[0])
+
+
+def epoch_ms_of(monotonic_ns: np.ndarray) -> np.ndarray:
+    """Milliseconds since the Unix epoch of CLOCK_MONOTONIC readings."""
+    return (monotonic_ns.astype(np.int64) + monotonic_to_epoch_offset_ns()) // 1_000_000
 
 
 def _from_aws(records: np.ndarray, width: int) -> FlowBatch:
     now_ns = time.time_ns()
-    events = np.zeros(len(records), FLOW_EVENT)
+    events = np.zeros(len(records), FLOW_END)
     events["timestamp_ns"] = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
     for field in ("src_ip", "dest_ip"):
         if width == 4:

@@ -26,8 +26,8 @@ from flowlog.dataplane.links import Links
 from flowlog.dataplane.programs import PinLayout
 from flowlog.dataplane.tap import tapped
 from flowlog.records import (
-    LAYOUTS,
-    decode,
+    VERDICT_EXPIRED,
+    decode_each,
     direction_name,
     monotonic_to_epoch_offset_ns,
     protocol_name,
@@ -183,7 +183,7 @@ def watch_events(
             records = reader.poll(POLL_MS)
             if not records:
                 continue
-            for event in decode(b"".join(records), LAYOUTS["flowlog"]).events:
+            for event in decode_each(records):
                 out.write(format_line(event) + "\n")
                 printed += 1
                 if count and printed >= count:
@@ -247,10 +247,22 @@ class EventFormatter:
             f"pod={_named(self.pods.get(pod_id))}",
             f"policy={_named(self.policies.get(policy_id))}",
             f"tier={tier_name(int(event['tier']))}",
-            f"size={int(event['packet_size'])}",
+            *_carried(event),
             f"veth={self.veths.get(ifindex, ifindex)}",
         ]
         return " ".join(parts)
+
+
+def _carried(event: np.void) -> list[str]:
+    """A verdict's packet size, or what an ended flow carried each way."""
+    if int(event["verdict"]) != VERDICT_EXPIRED or not int(event["start_ns"]):
+        return [f"size={int(event['packet_size'])}"]
+    seconds = max(0, int(event["last_ns"]) - int(event["start_ns"])) / 1e9
+    return [
+        f"sent={int(event['packets_sent'])}/{int(event['bytes_sent'])}B",
+        f"received={int(event['packets_received'])}/{int(event['bytes_received'])}B",
+        f"duration={seconds:.3f}s",
+    ]
 
 
 def _named(name: tuple[str, str] | None) -> str:

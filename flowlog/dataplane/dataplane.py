@@ -57,6 +57,7 @@ from flowlog.dataplane.policy import (
     parse_bytes,
 )
 from flowlog.dataplane.programs import (
+    CONNTRACK_MAP,
     RINGBUF_MAP,
     LoadedPrograms,
     PinLayout,
@@ -141,6 +142,10 @@ class Dataplane:
             self.settings.enforcing_mode,
             self.pins.root,
         )
+
+    @property
+    def conntrack_fd(self) -> int:
+        return self._loaded().map_fds[CONNTRACK_MAP]
 
     @property
     def ringbuf_fd(self) -> int:

@@ -18,6 +18,13 @@ SETTING_EMIT_EVENTS = 0
 SETTING_TAP_EVENTS = 1
 SETTING_STRICT = 2
 SETTINGS_COUNT = 3
+FLOW_SOURCE_IS_UPPER = 1
+FLOW_FIN_SENT = 2
+FLOW_FIN_RECEIVED = 4
+FLOW_RESET = 8
+FLOW_ENDED = 16
+FLOW_SENT = 0
+FLOW_RECEIVED = 1
 # Bits of the rule key's data before the address: the rules_id.
 RULES_ID_BITS = 32
 
@@ -54,10 +61,10 @@ class RuleValue(ctypes.Structure):
 
 class FlowKey(ctypes.Structure):
     _fields_ = (
-        ("src_ip", u8 * 16),
-        ("dest_ip", u8 * 16),
-        ("src_port", u16),
-        ("dest_port", u16),
+        ("lower_ip", u8 * 16),
+        ("upper_ip", u8 * 16),
+        ("lower_port", u16),
+        ("upper_port", u16),
         ("protocol", u8),
         ("pad", u8 * 3),
         ("ifindex", u32),
@@ -65,7 +72,18 @@ class FlowKey(ctypes.Structure):
 
 
 class FlowState(ctypes.Structure):
-    _fields_ = (("policy_id", u32), ("is_egress", u8), ("pad", u8 * 3))
+    _fields_ = (
+        ("start_ns", u64),
+        ("last_ns", u64),
+        ("packets", u64 * 2),
+        ("bytes", u64 * 2),
+        ("flags", u64),
+        ("policy_id", u32),
+        ("endpoint_id", u32),
+        ("is_egress", u8),
+        ("tier", u8),
+        ("pad", u8 * 6),
+    )
 
 
 class ObjectName(ctypes.Structure):

@@ -39,7 +39,8 @@ from flowlog.config import ConfigError
 from flowlog.dataplane import maps
 from flowlog.dataplane.bpf_map import BpfMap
 from flowlog.dataplane.policy import EGRESS, INGRESS
-from flowlog.records import FLOW_EVENT
+from flowlog.records import LAYOUTS
+from flowlog.sources._ringbuf import drain
 
 PROGRAM_SOURCE = "tc_policy.c"
 INGRESS_PROGRAM = "handle_ingress"
@@ -61,8 +62,6 @@ RINGBUF_MAP = "policy_events"
 TAP_MAP = "tap_events"
 CONNTRACK_MAP = "conntrack"
 CONNTRACK_ENTRIES = 262144
-# A ring buffer record: an 8-byte header, then the event, padded to 8 bytes.
-RECORD_STRIDE = (8 + FLOW_EVENT.itemsize + 7) // 8 * 8
 TAP_SIZE = 256 * 1024
 BPF_FS_TYPE = "bpf"
 
@@ -226,14 +225,20 @@ def open_pinned(path: Path) -> int | None:
 
 
 def unread_events(ringbuf_fd: int) -> int:
-    """Events waiting in a ring buffer of ours: (producer - consumer position) / record size."""
+    """Events waiting in a ring buffer of ours, between its consumer and producer."""
     page = mmap.PAGESIZE
-    positions = []
-    for offset in (0, page):  # the consumer's page, then the producer's
-        with mmap.mmap(ringbuf_fd, page, mmap.MAP_SHARED, mmap.PROT_READ, offset=offset) as view:
-            positions.append(struct.unpack_from("<Q", view)[0])
-    consumer, producer = positions
-    return (producer - consumer) // RECORD_STRIDE
+    size = bpf_syscall.map_info(ringbuf_fd).max_entries
+    with (
+        mmap.mmap(ringbuf_fd, page, mmap.MAP_SHARED, mmap.PROT_READ, offset=0) as consumer_page,
+        mmap.mmap(ringbuf_fd, page + size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page) as rest,
+    ):
+        (consumer,) = struct.unpack_from("<Q", consumer_page)
+        (producer,) = struct.unpack_from("<Q", rest)
+        data = memoryview(rest)[page:]
+        try:
+            return drain(data, consumer, producer, None, LAYOUTS["flowlog"].sizes)[0]
+        finally:
+            data.release()
 
 
 def _replace_pin(fd: int, path: Path) -> None:

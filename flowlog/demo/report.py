@@ -242,7 +242,8 @@ class Printer:
         self.paragraph(
             f"{len(lines)} lines: {verdicts['DENY']} DENY, {verdicts['ACCEPT']} ACCEPT "
             f"({named} allowed by a policy, the others leaving pods whose policies isolate "
-            "only ingress)"
+            f"only ingress), {verdicts['EXPIRED/DELETED']} EXPIRED/DELETED (each closed "
+            "connection's end, with the packets and bytes it carried both ways)"
         )
         if not lines:
             return

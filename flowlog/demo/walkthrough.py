@@ -162,7 +162,8 @@ class Walkthrough:
         def all_written() -> bool:
             for line in self.stage.flow_log():
                 key = (line["Src IP"], line["Src Port"], line["Dest IP"], line["Dest Port"])
-                if key in wanted and line["Direction"] == "ingress":
+                is_verdict = line["Verdict"] != "EXPIRED/DELETED"  # not the flow's end
+                if key in wanted and line["Direction"] == "ingress" and is_verdict:
                     found[key] = line
             return len(found) == len(wanted)
 

@@ -9,8 +9,9 @@ import numpy as np
 import orjson
 import pytest
 
+from flowlog.cluster.peers import NODE, POD, Identity, Peers
 from flowlog.format import TIMESTAMP_OFFSET, FlowFormatter
-from flowlog.records import FLOW_EVENT, V4_MAPPED_PREFIX, FlowBatch
+from flowlog.records import FLOW_END, V4_MAPPED_PREFIX, FlowBatch, monotonic_to_epoch_offset_ns
 
 SEED_KEYS = [
     "level",
@@ -65,7 +66,7 @@ def event(
     endpoint=0,
     policy=0,
 ) -> np.ndarray:
-    record = np.zeros(1, FLOW_EVENT)
+    record = np.zeros(1, FLOW_END)
     record["src_ip"], record["dest_ip"] = ip16(src), ip16(dst)
     record["src_port"], record["dest_port"] = sport, dport
     record["protocol"], record["verdict"], record["is_egress"], record["tier"] = (
@@ -192,8 +193,7 @@ def test_timestamps_are_utc_milliseconds_at_a_fixed_offset():
     assert [orjson.loads(line)["timestamp"] for line in lines] == stamps
 
 
-def test_a_very_long_name_beside_an_unnamed_event_formats_the_same():
-    """Padding that would reach into the previous line takes the slower, equal route."""
+def test_a_very_long_name_beside_an_unnamed_event():
     long_pod = "p" * 400
     names = Names({1: (long_pod, "ns")}, {})
     formatter = FlowFormatter("n", names)
@@ -205,7 +205,7 @@ def test_a_very_long_name_beside_an_unnamed_event_formats_the_same():
 def test_a_large_random_batch_is_valid_json_line_for_line():
     rng = np.random.default_rng(3)
     count = 20_000
-    events = np.zeros(count, FLOW_EVENT)
+    events = np.zeros(count, FLOW_END)
     for column in ("src_ip", "dest_ip"):
         events[column][:, :12] = np.frombuffer(V4_MAPPED_PREFIX, np.uint8)
         events[column][:, 12:] = rng.integers(0, 256, (count, 4))
@@ -244,3 +244,88 @@ def test_formatting_does_not_depend_on_the_local_time_zone(monkeypatch):
         monkeypatch.delenv("TZ")
         time.tzset()
     assert b'"timestamp":"2023-05-30T16:05:32.573Z"' in out
+
+
+FLOW_END_KEYS = [
+    "Start Time",
+    "Duration",
+    "Packets Sent",
+    "Bytes Sent",
+    "Packets Received",
+    "Bytes Received",
+]
+
+
+def flow_end(start_ms: int, active_ns: int, carried: tuple[int, int, int, int], **fields):
+    record = event(verdict=2, **fields)
+    start_ns = start_ms * 1_000_000 - monotonic_to_epoch_offset_ns()
+    record["start_ns"], record["last_ns"] = start_ns, start_ns + active_ns
+    (
+        record["packets_sent"],
+        record["bytes_sent"],
+        record["packets_received"],
+        record["bytes_received"],
+    ) = carried
+    return record
+
+
+def test_a_flow_end_carries_its_counters_instead_of_a_packet_size():
+    names = Names({3: ("frontend-abc", "stars")}, {7: ("allow-ui", "stars")})
+    started_ms = time.time_ns() // 1_000_000 - 61_250  # CLOCK_MONOTONIC: since boot
+    record = flow_end(started_ms, 1_234_500_000, (12, 1840, 10, 90_000), endpoint=3, policy=7)
+    parsed = orjson.loads(FlowFormatter("n", names).format(batch_of(record)))
+    assert list(parsed) == [
+        *SEED_KEYS,
+        *(k for k in OUR_KEYS if k != "Packet Size"),
+        *FLOW_END_KEYS,
+    ]
+    assert parsed["Verdict"] == "EXPIRED/DELETED"
+    # The kernel's monotonic clock and the wall clock agree to a millisecond or two.
+    start = calendar.timegm(time.strptime(parsed["Start Time"][:19], "%Y-%m-%dT%H:%M:%S"))
+    start_ms = start * 1000 + int(parsed["Start Time"][20:23])
+    assert abs(start_ms - started_ms) <= 2
+    assert parsed["Duration"] == 1.235  # seconds, to the millisecond
+    assert [parsed[k] for k in FLOW_END_KEYS[2:]] == [12, 1840, 10, 90_000]
+
+
+def test_an_expired_record_without_counters_is_an_aws_line():
+    """The AWS agent's EXPIRED/DELETED records carry a packet size and no counters."""
+    parsed = orjson.loads(FlowFormatter("n").format(batch_of(event(verdict=2, size=60))))
+    assert parsed["Verdict"] == "EXPIRED/DELETED" and parsed["Packet Size"] == 60
+    assert not set(FLOW_END_KEYS) & set(parsed)
+
+
+def test_both_ends_are_named_by_their_peer_ids():
+    peers = Peers()
+    pod = Identity(POD, "client-7d9", "client", "deployment/client")
+    peers.claim("api", "uid-1", "10.0.0.1", pod, at_ms=0)
+    peers.claim("api", "uid-2", "10.0.0.2", Identity(NODE, "ip-10-0-0-2"), at_ms=0)
+    formatter = FlowFormatter("n", Names({1: ("frontend", "stars")}, {}), peers)
+    batch = batch_of(
+        event(src="10.0.0.1", dst="10.0.0.2", endpoint=1),
+        event(src="10.0.0.2", dst="192.0.2.1"),
+    )
+    first, second = map(orjson.loads, formatter.format(batch, peers.resolve(batch)).splitlines())
+    assert list(first)[-4:] == ["Src Pod", "Src Namespace", "Src Workload", "Dest Node"]
+    assert (first["Src Pod"], first["Src Namespace"], first["Src Workload"]) == (
+        "client-7d9",
+        "client",
+        "deployment/client",
+    )
+    assert first["Dest Node"] == "ip-10-0-0-2" and first["Pod"] == "frontend"
+    assert second["Src Node"] == "ip-10-0-0-2"
+    assert not {"Dest Pod", "Dest Node", "Dest Namespace"} & set(second)
+
+
+def test_ipv6_text_is_what_the_socket_library_writes():
+    rng = np.random.default_rng(11)
+    addresses = []
+    for _ in range(300):
+        words = (rng.integers(0, 3, 8) > 0) * rng.integers(0, 65536, 8)  # runs of zeros, often
+        addresses.append(
+            socket.inet_ntop(socket.AF_INET6, b"".join(int(w).to_bytes(2, "big") for w in words))
+        )
+    addresses = [a for a in addresses if not a.startswith("::ffff:")]
+    records = [event(src=a, dst=a) for a in addresses]
+    lines = FlowFormatter("n").format(batch_of(*records)).splitlines()
+    assert [orjson.loads(line)["Src IP"] for line in lines] == addresses

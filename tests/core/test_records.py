@@ -9,9 +9,11 @@ import pytest
 from flowlog.records import (
     AWS_V4,
     AWS_V6,
+    FLOW_END,
     FLOW_EVENT,
     LAYOUTS,
     decode,
+    decode_each,
     direction_name,
     protocol_name,
     tier_name,
@@ -50,10 +52,11 @@ def test_layout_sizes_match_the_aws_agent():
     assert AWS_V4.itemsize == 32
     assert AWS_V6.itemsize == 56
     assert FLOW_EVENT.itemsize == 64
-    assert {name: layout.size for name, layout in LAYOUTS.items()} == {
-        "flowlog": 64,
-        "aws-v4": 32,
-        "aws-v6": 56,
+    assert FLOW_END.itemsize == 112
+    assert {name: layout.sizes for name, layout in LAYOUTS.items()} == {
+        "flowlog": (64, 112),  # a verdict, a flow end
+        "aws-v4": (32,),
+        "aws-v6": (56,),
     }
 
 
@@ -96,7 +99,7 @@ def test_aws_records_are_stamped_with_the_time_they_are_read():
 def test_own_events_keep_their_kernel_time():
     import time
 
-    event = np.zeros(1, FLOW_EVENT)
+    event = np.zeros(1, FLOW_END)
     event["timestamp_ns"] = time.clock_gettime_ns(time.CLOCK_MONOTONIC) - 5_000_000_000
     batch = decode(event.tobytes(), LAYOUTS["flowlog"])
     assert abs(batch.epoch_ms[0] - (time.time_ns() // 1_000_000 - 5000)) < 50
@@ -148,3 +151,14 @@ def test_tier_names(code, name):
 )
 def test_protocol_names(code, name):
     assert protocol_name(code) == name
+
+
+def test_verdicts_and_flow_ends_read_one_by_one_share_one_dtype():
+    verdict = np.zeros(1, FLOW_EVENT)
+    verdict["verdict"], verdict["dest_port"] = 1, 80
+    end = np.zeros(1, FLOW_END)
+    end["verdict"], end["dest_port"], end["bytes_sent"] = 2, 80, 1234
+    events = decode_each([verdict.tobytes(), end.tobytes()])
+    assert events.dtype == FLOW_END
+    assert events["verdict"].tolist() == [1, 2]
+    assert events["bytes_sent"].tolist() == [0, 1234]

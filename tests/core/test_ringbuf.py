@@ -3,10 +3,11 @@
 import mmap
 import socket
 
+import numpy as np
 import pytest
 
 from flowlog import metrics
-from flowlog.records import LAYOUTS
+from flowlog.records import FLOW_END, FLOW_EVENT, LAYOUTS
 from flowlog.sources.ringbuf import RingBuffer
 from tests.core.test_records import aws_v4_record
 
@@ -54,7 +55,6 @@ def drain(ring: RingBuffer) -> list[tuple]:
                     int(event["packet_size"]),
                 )
             )
-    ring.release()
     return received
 
 
@@ -85,10 +85,40 @@ def test_records_of_another_size_are_skipped_and_counted(one_page_ring):
         for index, port in enumerate(ports):
             producer.produce(record(port))
             if index % 7 == round_ % 7:  # a short record somewhere in every run
-                producer.produce(record(6000), half=True)
+                producer.produce(record(6000), short=True)
                 halves += 1
         sent += map(decoded, ports)
         received += drain(ring)
     assert producer.counts() == (len(sent) + halves, 0)
     assert received == sent
     assert rejected() - before == halves
+
+
+def test_verdicts_and_flow_ends_of_one_ring_arrive_in_order_as_one_dtype():
+    from tests.support.ringbuf_producer import RecordProducer
+
+    size, short = FLOW_END.itemsize, FLOW_EVENT.itemsize
+    producer = RecordProducer(size, ring_bytes=mmap.PAGESIZE, short_size=short)
+    ring = RingBuffer(producer.ring_fd, producer.ring_bytes, LAYOUTS["flowlog"])
+    try:
+        sent, received = [], []
+        for round_ in range(40):
+            for index in range(20):
+                event = np.zeros(1, FLOW_END)
+                port = round_ * 100 + index
+                is_end = (index + round_) % 3 == 0
+                event["verdict"], event["dest_port"] = (2 if is_end else 1), 80
+                event["src_port"], event["bytes_sent"] = port, port * 10
+                # Byte 12 of a packet is the EtherType: keep it from looking like IPv4.
+                event["src_ip"][0, 0] = 0xAA
+                producer.produce(event.tobytes(), short=not is_end)
+                sent.append((port, port * 10 if is_end else 0))
+            while (batch := ring.read()) is not None:
+                assert batch.events.dtype == FLOW_END
+                ports, sent_bytes = batch.events["src_port"], batch.events["bytes_sent"]
+                received += zip(ports.tolist(), sent_bytes.tolist(), strict=True)
+        assert producer.counts() == (len(sent), 0)
+        assert received == sent
+    finally:
+        ring.close()
+        producer.close()

@@ -26,8 +26,7 @@ from flowlog.dataplane.programs import PinLayout
 from flowlog.dataplane.tap import RingBufferReader
 from flowlog.demo.topology import NAME_PREFIX, Topology
 from flowlog.records import (
-    LAYOUTS,
-    decode,
+    decode_each,
     direction_name,
     protocol_name,
     tier_name,
@@ -106,6 +105,9 @@ class Event:
     policy: tuple[str, str] | None
     packet_size: int
     ifindex: int
+    # What a flow end (EXPIRED/DELETED) says the flow carried: packets and bytes
+    # from its source, and back.
+    carried: tuple[int, int, int, int] = (0, 0, 0, 0)
 
 
 def _address(raw) -> str:
@@ -115,7 +117,7 @@ def _address(raw) -> str:
 
 def read_events(reader: RingBufferReader, dataplane: Dataplane) -> list[Event]:
     """Every event in the ring buffer now (events are written before a packet moves on)."""
-    raw = b"".join(reader.drain())
+    raw = reader.drain()
     names = dataplane.attribution
     return [
         Event(
@@ -131,8 +133,14 @@ def read_events(reader: RingBufferReader, dataplane: Dataplane) -> list[Event]:
             policy=names.policies.get(int(e["policy_id"])),
             packet_size=int(e["packet_size"]),
             ifindex=int(e["ifindex"]),
+            carried=(
+                int(e["packets_sent"]),
+                int(e["bytes_sent"]),
+                int(e["packets_received"]),
+                int(e["bytes_received"]),
+            ),
         )
-        for e in decode(raw, LAYOUTS["flowlog"]).events
+        for e in decode_each(raw)
     ]
 
 

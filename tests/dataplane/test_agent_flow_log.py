@@ -183,11 +183,22 @@ def test_verdicts_on_real_packets_become_exact_lines(topology, policy_dir, pin_d
                 "stars",
             ),
         }
-        wait_until(lambda: len(read_lines(log)) >= len(expected), message="five lines")
+        # Both TCP connections closed: each ends in a line of its own.
+        expected |= {
+            (*accepted[:5], "EXPIRED/DELETED", *accepted[6:])
+            for accepted in expected
+            if accepted[4] == "TCP" and accepted[5] == "ACCEPT"
+        }
+        wait_until(lambda: len(read_lines(log)) >= len(expected), message="seven lines")
         assert agent.stop() == 0
     lines = read_lines(log)
     assert sorted(map(summary, lines)) == sorted(expected)  # and nothing else: no reply lines
     assert {line["Node"] for line in lines} == {NODE}
+    for end in (line for line in lines if line["Verdict"] == "EXPIRED/DELETED"):
+        # SYN, ACK, FIN out; SYN-ACK, FIN back (at least), in L3 bytes.
+        assert end["Packets Sent"] >= 3 and end["Packets Received"] >= 2
+        assert end["Bytes Sent"] >= 3 * 40 and end["Bytes Received"] >= 2 * 40
+        assert 0 <= end["Duration"] < 10 and "Packet Size" not in end
     # Shutdown removed what the agent pinned.
     assert not list(pin_dir.glob("progs/*")) and not list(pin_dir.glob("maps/*"))
 
@@ -219,7 +230,10 @@ def test_a_policy_file_changed_while_running(topology, policy_dir, pin_dir, tmp_
         assert agent.stop() == 0
     verdicts = [(line["Src Port"], line["Verdict"], line["Policy"]) for line in read_lines(log)]
     assert verdicts[0] == (41001, "DENY", "default-deny")
-    assert verdicts[-1] == (41002, "ACCEPT", "backend-policy")
+    assert verdicts[-2:] == [
+        (41002, "ACCEPT", "backend-policy"),
+        (41002, "EXPIRED/DELETED", "backend-policy"),
+    ]
 
 
 def test_strict_mode_denies_pods_without_policies(topology, policy_dir, pin_dir, tmp_path):

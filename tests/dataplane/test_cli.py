@@ -84,15 +84,18 @@ def test_events_prints_live_verdicts_without_taking_them_from_the_agent(stars, t
         sender = threading.Thread(target=traffic)
         sender.start()
         command = ["ebpf", "events", *pins, "--netns", topology.node.name]
-        status = main([*command, "--count", "2", "--duration", "20"])
+        status = main([*command, "--count", "3", "--duration", "20"])
         sender.join()
-        assert [e.verdict for e in read_events(agent, dataplane)][:2] == ["ACCEPT", "DENY"]
+        verdicts = [e.verdict for e in read_events(agent, dataplane)][:3]
+        assert verdicts == ["ACCEPT", "EXPIRED/DELETED", "DENY"]
     assert status == 0
     lines = capsys.readouterr().out.splitlines()
     client_ip, backend_ip = re.escape(client.ipv4), re.escape(backend.ipv4)
     named = "pod=stars/backend policy=stars/backend-policy tier=NETWORK_POLICY"
     expected = [
         rf"ACCEPT ingress TCP {client_ip}:42001 -> {backend_ip}:6379 {named} size=\d+ veth=\w+",
+        rf"EXPIRED/DELETED ingress TCP {client_ip}:42001 -> {backend_ip}:6379 {named} "
+        r"sent=[3-9]/\d+B received=[2-9]/\d+B duration=\d\.\d{3}s veth=\w+",
         rf"DENY ingress TCP {client_ip}:42002 -> {backend_ip}:80 {named} size=\d+ veth=\w+",
     ]
     assert len(lines) == len(expected)

@@ -21,7 +21,7 @@ from tests.dataplane.conftest import (
     write_policy,
 )
 from tests.support import frames
-from tests.support.frames import TC_ACT_OK, TC_ACT_SHOT
+from tests.support.frames import TC_ACT_OK, TC_ACT_SHOT, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN
 
 pytestmark = pytest.mark.bpf
 
@@ -110,14 +110,57 @@ def test_an_extension_header_we_do_not_parse_is_judged_as_unknown_protocol(judge
     assert judge.run(from_other) == (TC_ACT_OK, [("ACCEPT", "UNKNOWN", 0, 0)])
 
 
-def test_every_syn_is_judged_and_later_packets_of_an_allowed_flow_are_not(judge):
-    syn = frames.ipv4(judge.client.ipv4, judge.backend.ipv4, 6, frames.tcp(40000, 6379, 0x02))
-    ack = frames.ipv4(judge.client.ipv4, judge.backend.ipv4, 6, frames.tcp(40000, 6379, 0x10))
+def tcp_from_client(judge, source_port: int, flags: int) -> bytes:
+    return frames.ipv4(
+        judge.client.ipv4, judge.backend.ipv4, 6, frames.tcp(source_port, 6379, flags)
+    )
+
+
+def tcp_from_backend(judge, source_port: int, flags: int) -> bytes:
+    return frames.ipv4(
+        judge.backend.ipv4, judge.client.ipv4, 6, frames.tcp(6379, source_port, flags)
+    )
+
+
+def test_a_flow_is_reported_once_and_a_retransmitted_syn_is_part_of_it(judge):
+    syn = tcp_from_client(judge, 40000, TCP_SYN)
     assert judge.run(syn) == (TC_ACT_OK, [("ACCEPT", "TCP", 40000, 6379)])
-    assert judge.run(syn) == (TC_ACT_OK, [("ACCEPT", "TCP", 40000, 6379)])
-    assert judge.run(ack) == (TC_ACT_OK, [])
-    reply = frames.ipv4(judge.backend.ipv4, judge.client.ipv4, 6, frames.tcp(6379, 40000, 0x12))
+    assert judge.run(syn) == (TC_ACT_OK, [])
+    assert judge.run(tcp_from_client(judge, 40000, TCP_ACK)) == (TC_ACT_OK, [])
+    reply = tcp_from_backend(judge, 40000, TCP_SYN | TCP_ACK)
     assert judge.run(reply, EGRESS_PROGRAM) == (TC_ACT_OK, [])
+
+
+def test_a_tcp_flow_ends_when_both_sides_have_sent_fin_once(judge):
+    end = [("EXPIRED/DELETED", "TCP", 40010, 6379)]
+    assert judge.run(tcp_from_client(judge, 40010, TCP_SYN))[1] == [("ACCEPT", "TCP", 40010, 6379)]
+    assert judge.run(tcp_from_client(judge, 40010, TCP_FIN | TCP_ACK)) == (TC_ACT_OK, [])
+    assert judge.run(tcp_from_client(judge, 40010, TCP_FIN | TCP_ACK)) == (TC_ACT_OK, [])
+    fin_back = tcp_from_backend(judge, 40010, TCP_FIN | TCP_ACK)
+    assert judge.run(fin_back, EGRESS_PROGRAM) == (TC_ACT_OK, end)
+    assert judge.run(tcp_from_client(judge, 40010, TCP_ACK)) == (TC_ACT_OK, [])
+    # The same addresses and ports again: a new connection, a new flow.
+    assert judge.run(tcp_from_client(judge, 40010, TCP_SYN))[1] == [("ACCEPT", "TCP", 40010, 6379)]
+
+
+def test_a_reset_ends_a_flow(judge):
+    judge.run(tcp_from_client(judge, 40011, TCP_SYN))
+    reset = tcp_from_backend(judge, 40011, TCP_RST)
+    assert judge.run(reset, EGRESS_PROGRAM) == (
+        TC_ACT_OK,
+        [("EXPIRED/DELETED", "TCP", 40011, 6379)],
+    )
+
+
+def test_a_syn_on_a_flow_that_never_closed_ends_it_and_starts_a_new_one(judge):
+    judge.run(tcp_from_client(judge, 40012, TCP_SYN))
+    judge.run(tcp_from_backend(judge, 40012, TCP_SYN | TCP_ACK), EGRESS_PROGRAM)
+    # The backend answers the SYN for the first time with the other end's view.
+    syn_back = tcp_from_backend(judge, 40012, TCP_SYN)
+    assert judge.run(syn_back, EGRESS_PROGRAM) == (
+        TC_ACT_OK,
+        [("EXPIRED/DELETED", "TCP", 40012, 6379), ("ACCEPT", "TCP", 6379, 40012)],
+    )
 
 
 def test_sctp_ports_are_read_like_udp_ports(judge):

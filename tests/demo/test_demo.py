@@ -104,8 +104,12 @@ def test_every_step_matches_the_seed_and_reaches_cloudwatch(tmp_path, tmpdir_for
     assert {line["Policy"] for line in accepted_by_policy} == POLICIES - {"default-deny"}
     assert len({line["Node"] for line in lines}) == 1
 
-    assert summary["flow_log"]["lines"] == len(lines)
-    assert summary["cloudwatch"]["events"] == len(lines)
+    # What was read back while the agent ran is the file's start; the rest is the
+    # flows still open when the agent stopped (SYNs the targets dropped), ended then.
+    read_back = summary["flow_log"]["lines"]
+    assert read_back <= len(lines)
+    assert {line["Verdict"] for line in lines[read_back:]} <= {"EXPIRED/DELETED"}
+    assert summary["cloudwatch"]["events"] == read_back
     assert summary["cloudwatch"]["log_group"] == "/aws/eks/stars-demo/cluster"
     assert [query["query"] for query in summary["insights"]] == [
         "top-denied-sources",

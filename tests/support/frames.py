@@ -14,7 +14,7 @@ import struct
 from flowlog.bpf_syscall import prog_test_run
 
 ETH_P_IP, ETH_P_ARP, ETH_P_IPV6 = 0x0800, 0x0806, 0x86DD
-TCP_SYN, TCP_ACK = 0x02, 0x10
+TCP_FIN, TCP_SYN, TCP_RST, TCP_ACK = 0x01, 0x02, 0x04, 0x10
 IPPROTO_HOPOPTS, IPPROTO_ROUTING = 0, 43
 TC_ACT_OK, TC_ACT_SHOT = 0, 2
 

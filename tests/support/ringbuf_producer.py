@@ -32,13 +32,16 @@ static int copy(struct __sk_buff *skb, u32 size) {
 
 int copy_packet(struct __sk_buff *skb) { return copy(skb, sizeof(struct record)); }
 
-/* The first half only: a record of a size the consumer does not expect. */
-int copy_half_packet(struct __sk_buff *skb) { return copy(skb, sizeof(struct record) / 2); }
+/* The first SHORT_SIZE bytes only: a shorter record (flowlog's verdicts beside
+ * its flow ends), or one of a size the consumer does not expect. */
+int copy_short_packet(struct __sk_buff *skb) { return copy(skb, SHORT_SIZE); }
 """
 
 
 class RecordProducer:
-    def __init__(self, record_size: int, ring_bytes: int = 1 << 20) -> None:
+    def __init__(
+        self, record_size: int, ring_bytes: int = 1 << 20, short_size: int | None = None
+    ) -> None:
         from bcc import BPF
 
         self.record_size = record_size
@@ -47,11 +50,12 @@ class RecordProducer:
             text=PROGRAM.encode(),
             cflags=[
                 f"-DRECORD_SIZE={record_size}",
+                f"-DSHORT_SIZE={short_size or record_size // 2}",
                 f"-DRING_PAGES={ring_bytes // os.sysconf('SC_PAGE_SIZE')}",
             ],
         )
         self.program = self.bpf.load_func(b"copy_packet", BPF.SCHED_CLS)
-        self.half_program = self.bpf.load_func(b"copy_half_packet", BPF.SCHED_CLS)
+        self.short_program = self.bpf.load_func(b"copy_short_packet", BPF.SCHED_CLS)
         self.pinned: Path | None = None
 
     @property
@@ -63,10 +67,10 @@ class RecordProducer:
         bpf_syscall.obj_pin(self.ring_fd, str(path))
         self.pinned = path
 
-    def produce(self, records: bytes, repeat: int = 1, half: bool = False) -> None:
+    def produce(self, records: bytes, repeat: int = 1, short: bool = False) -> None:
         """Put each record of ``records`` into the ring buffer ``repeat`` times
-        (only its first half with ``half``)."""
-        program = self.half_program if half else self.program
+        (only its first ``short_size`` bytes with ``short``)."""
+        program = self.short_program if short else self.program
         for start in range(0, len(records), self.record_size):
             record = records[start : start + self.record_size]
             bpf_syscall.prog_test_run(program.fd, record, repeat=repeat)

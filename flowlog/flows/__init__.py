@@ -1,0 +1,1 @@
+"""The flow lifecycle: flows' ends with what they carried, and windowed summaries."""
