@@ -1,7 +1,7 @@
 """``flowlog agent``: the node agent.
 
 It reads top to bottom as its lifecycle: ``startup()`` (probes, flow log,
-event source, shipper, watchers), ``main_loop()`` (until SIGTERM/SIGINT),
+the cluster view, event source, shipper, watchers), ``main_loop()`` (until SIGTERM/SIGINT),
 ``shutdown()`` (drain the ring buffer, close the file, let the shipper finish
 its calls and write its checkpoint, detach the programs). A second signal
 exits at once.
@@ -24,6 +24,7 @@ from typing import Any
 import watchfiles
 
 from flowlog import bpf_syscall, config, metrics
+from flowlog.cluster import ClusterView
 from flowlog.config import ConfigError, Settings
 from flowlog.flows import metrics as flow_metrics
 from flowlog.flows.table import SCAN_SECONDS as FLOW_SCAN_SECONDS
@@ -110,6 +111,7 @@ class Agent:
         self._exit_status = 0
         self._ready = False
         self._tasks: list[asyncio.Task] = []
+        self.cluster: ClusterView | None = None
         self.dataplane: Any = None
         self.flows: FlowTable | None = None
         self.shipper: Shipper | None = None
@@ -140,11 +142,21 @@ class Agent:
         )
         await self.probes.start()
         self.sink = open_sink(settings, before_delete=self._before_delete)
+        enforce_from_api = not settings.policy_dir and not settings.ringbuf_pin
+        self.cluster = ClusterView(settings, enforce_from_api)
+        log.info("%s", self.cluster.describe())
         attribution = self._open_source()
-        self.pipeline = Pipeline(settings, self.sink, attribution, on_written=self._wake_shipper)
+        self.pipeline = Pipeline(
+            settings,
+            self.sink,
+            attribution,
+            on_written=self._wake_shipper,
+            peers=self.cluster.peers,
+        )
         if settings.shipping:
             self.shipper = Shipper(settings)
         self._start(self._consume(), "consume")
+        self._start(self.cluster.run(), "cluster")
         if self.dataplane is not None:
             self._start(self.dataplane.run(), "dataplane")
             self._start(self._watch_lost_events(), "lost-events")
@@ -170,7 +182,12 @@ class Agent:
         else:
             from flowlog.dataplane import Dataplane
 
-            dataplane = Dataplane(settings)
+            assert self.cluster
+            dataplane = Dataplane(
+                settings,
+                policies=self.cluster.policies,
+                on_policies=self.cluster.policies_in_force,
+            )
             try:
                 dataplane.load()
             except ConfigError:
@@ -323,10 +340,15 @@ class Agent:
                 "problem": self.shipper.problem if self.shipper else None,
             },
         }
+        ready = self._ready
+        if self.cluster is not None:
+            # Not ready until every kind the agent watches has been listed once.
+            cluster_ready, detail["cluster"] = self.cluster.readiness()
+            ready = ready and cluster_ready
         if self.dataplane is not None:
             detail["dataplane"] = self.dataplane.status()
             detail["ringbufLostEvents"] = self._lost_total
-        return self._ready, detail
+        return ready, detail
 
     # --- shutdown -----------------------------------------------------------
 

@@ -20,6 +20,7 @@ from flowlog.sinks import Shipper, open_sink
 log = logging.getLogger(__name__)
 
 CHUNK_RECORDS = 8192
+CLUSTER_SYNC_SECONDS = 30.0
 SHIPPING_TIMEOUT_SECONDS = 600.0
 
 EPILOG = """\
@@ -30,6 +31,13 @@ examples:
   # through rotation, and on to a local CloudWatch endpoint
   flowlog replay captured.bin --layout aws-v6 --log-file /tmp/flows/network-policy-agent.log \\
       --log-file-max-size 1 --enable-cloudwatch-logs --cloudwatch-endpoint http://127.0.0.1:5000
+
+  # both ends named: pods from a cluster's API, this node's from a saved CNI checkpoint
+  flowlog replay captured.bin --layout aws-v4 --log-file stdout \\
+      --kubeconfig ~/.kube/config --ipam-checkpoint ./ipam.json
+
+layouts: aws-v4 and aws-v6 are the AWS agent's records; flowlog is struct flow_end
+(bpf/flow_event.h) back to back, a verdict in its first 64 bytes and zeros after.
 
 exit status: 0 when every record is written (and acknowledged by CloudWatch when shipping);
 1 when the file ends in a partial record (the whole ones are still processed); 2 for bad usage.
@@ -65,14 +73,26 @@ def run(args: argparse.Namespace) -> int:
 
 async def replay(settings: config.Settings, path: Path, layout: Layout) -> int:
     """Process every whole record of ``path``; the exit status of ``flowlog replay``."""
+    from flowlog.cluster import ClusterView
     from flowlog.pipeline import Pipeline
 
     shipping = settings.enable_cloudwatch_logs
     config.validate_agent_settings(settings.replace(enable_policy_event_logs=True))
+    cluster = ClusterView(settings)
+    cluster_task = asyncio.create_task(cluster.run())
+    if not await cluster.wait_synced(CLUSTER_SYNC_SECONDS):
+        log.warning(
+            "the Kubernetes API did not answer within %.0fs; replaying without its names",
+            CLUSTER_SYNC_SECONDS,
+        )
     exporter = Shipper(settings) if shipping else None
     sink = open_sink(settings, exporter.before_delete if exporter else None)
     pipeline = Pipeline(
-        settings, sink, on_written=exporter.wake if exporter else None, always_log=True
+        settings,
+        sink,
+        on_written=exporter.wake if exporter else None,
+        always_log=True,
+        peers=cluster.peers,
     )
     chunk_bytes = CHUNK_RECORDS * layout.size
     offset = 0
@@ -94,6 +114,7 @@ async def replay(settings: config.Settings, path: Path, layout: Layout) -> int:
             )
             return 1
     finally:
+        cluster_task.cancel()
         if exporter:
             await exporter.stop()
         sink.close()

@@ -149,17 +149,14 @@ class Peers:
         claim.released_ms = at
         self._update(key, entry, at)
 
-    def release_all(self, source: str, at_ms: int | None = None) -> None:
-        """Every claim of ``source``, as when the source itself is gone."""
-        at = now_ms() if at_ms is None else at_ms
-        for key, entry in list(self._addresses.items()):
-            changed = False
-            for (claim_source, _), claim in entry.claims.items():
-                if claim_source == source and claim.released_ms is None:
-                    claim.released_ms = at
-                    changed = True
-            if changed:
-                self._update(key, entry, at)
+    def replace_claims(
+        self, source: str, claims: dict[tuple[str, bytes], Identity], at_ms: int | None = None
+    ) -> None:
+        """Make ``claims`` ((owner, address) -> identity) all that ``source`` claims."""
+        for owner, address in self.claims(source).keys() - claims.keys():
+            self.release(source, owner, address, at_ms)
+        for (owner, address), identity in claims.items():
+            self.claim(source, owner, address, identity, at_ms)
 
     def claims(self, source: str) -> dict[tuple[str, bytes], Identity]:
         """The live claims of ``source``: (owner, address) -> identity."""
@@ -224,6 +221,10 @@ class Peers:
         """(current, previous) of an address, for people and tests."""
         entry = self._addresses.get(address_bytes(address))
         return (entry.current, entry.previous) if entry else (None, None)
+
+    @property
+    def addresses(self) -> int:
+        return len(self._addresses)
 
     def identity(self, ident: int) -> Identity | None:
         return self._identities[ident] if 0 < ident < len(self._identities) else None

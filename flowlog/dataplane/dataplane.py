@@ -1,9 +1,10 @@
 """The data plane's lifecycle: load, keep policies and veths in step, close.
 
-``load()`` compiles and pins the programs, reads every PolicyEndpoint file
-in ``--policy-dir``, programs the maps and attaches the programs to the pods'
-veths. ``run()`` then follows the policy directory (watchfiles) and the node's
-links (netlink link events) until cancelled. ``close()`` detaches and unpins
+``load()`` compiles and pins the programs, reads every PolicyEndpoint its
+policy source has (``--policy-dir``, or the Kubernetes API), programs the
+maps and attaches the programs to the pods' veths. ``run()`` then follows
+the policy source and the node's links (netlink link events) until
+cancelled. ``close()`` detaches and unpins
 everything, unless ``--keep-programs`` leaves enforcement in place.
 
 Which veths carry the programs: in standard mode, those of pods some policy
@@ -34,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import watchfiles
+import orjson
 
 from flowlog.config import ConfigError, Settings
 from flowlog.dataplane import maps, metrics
@@ -53,8 +54,8 @@ from flowlog.dataplane.policy import (
     INGRESS,
     PolicyEndpoint,
     PolicyError,
-    is_policy_file,
     parse_bytes,
+    parse_document,
 )
 from flowlog.dataplane.programs import (
     CONNTRACK_MAP,
@@ -64,6 +65,7 @@ from flowlog.dataplane.programs import (
     open_pinned,
     unread_events,
 )
+from flowlog.dataplane.sources import Content, PolicyDirectory, PolicySource
 
 log = logging.getLogger(__name__)
 
@@ -87,18 +89,28 @@ class Dataplane:
     tests' "node"); by default it is the agent's own.
     """
 
-    def __init__(self, settings: Settings, netns: str | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        netns: str | None = None,
+        policies: PolicySource | None = None,
+        on_policies: Callable[[list[PolicyEndpoint]], None] | None = None,
+    ) -> None:
         self.settings = settings
         self.netns = netns
+        if policies is None and settings.policy_dir:
+            policies = PolicyDirectory(settings.policy_dir)
+        self.policies = policies
+        # Told of the documents in force whenever they change (their pods' IPs name flows).
+        self.on_policies = on_policies
         self.attribution = Attribution(on_added=self._publish_name)
         self.pins = PinLayout(Path(settings.bpf_pin_dir))
         self.strict = settings.enforcing_mode == STRICT
-        self.policy_dir = Path(settings.policy_dir) if settings.policy_dir else None
         self.last_policy_error = ""
-        self.rejected_files: dict[str, str] = {}  # file -> why its latest version was rejected
+        self.rejected: dict[str, str] = {}  # document -> why its latest version was rejected
         self._programs: LoadedPrograms | None = None
-        self._seen: dict[str, bytes | str] = {}  # file -> latest content read, or why not
-        self._in_force: dict[str, list[PolicyEndpoint]] = {}  # file -> documents in force
+        self._seen: dict[str, bytes] = {}  # document -> its latest version read, or why not
+        self._in_force: dict[str, list[PolicyEndpoint]] = {}  # document -> what is in force
         self._pods: dict[PodKey, PodRules] = {}
         self._veths: dict[int, str] = {}  # ifindex -> name of every pod veth
         self._attached: set[int] = set()
@@ -113,8 +125,8 @@ class Dataplane:
 
     def load(self) -> None:
         """Compile, load, pin, program every policy and attach to existing veths."""
-        if self.policy_dir is not None:
-            self._check_policy_dir()
+        if self.policies is not None:
+            self.policies.check()
             self._sync_policies(at_start=True)
         # The ring buffer a previous agent left pinned, before the new load replaces the pin.
         previous_events = open_pinned(self.pins.map(RINGBUF_MAP))
@@ -171,7 +183,7 @@ class Dataplane:
             async with self._reconciling:
                 await self._reconcile(links)
             tasks = [self._follow_links(links, watcher)]
-            if self.policy_dir is not None:
+            if self.policies is not None:
                 tasks.append(self._follow_policies(links))
             await asyncio.gather(*tasks)
 
@@ -198,80 +210,58 @@ class Dataplane:
             },
             "selected_pods": sorted(f"{ns}/{name}" for ns, name in self._pods),
             "policies": len(self._policies()),
-            "policy_files": sorted(self._in_force),
-            "rejected_files": dict(self.rejected_files),
+            "policy_source": self.policies.description if self.policies else None,
+            "in_force": sorted(self._in_force),
+            "rejected": dict(self.rejected),
             "last_policy_error": self.last_policy_error,
             "policy_updates": self.policy_updates,
         }
 
     # --- policies --------------------------------------------------------------
 
-    def _check_policy_dir(self) -> None:
-        directory = self.policy_dir
-        assert directory is not None
-        if not directory.exists():
-            raise ConfigError(f"--policy-dir {directory}: does not exist")
-        if not directory.is_dir():
-            raise ConfigError(f"--policy-dir {directory}: not a directory")
-
-    def _scan(self) -> dict[str, bytes | PolicyError]:
-        assert self.policy_dir is not None
-        found: dict[str, bytes | PolicyError] = {}
-        try:
-            paths = sorted(self.policy_dir.iterdir())
-        except OSError as error:
-            problem = f"--policy-dir {self.policy_dir}: cannot list: {error.strerror}"
-            raise PolicyError(problem) from None
-        for path in paths:
-            if not is_policy_file(path) or not path.is_file():
-                continue
-            try:
-                found[str(path)] = path.read_bytes()
-            except OSError as error:
-                found[str(path)] = PolicyError(f"{path}: cannot read: {error.strerror}")
-        return found
-
     def _sync_policies(self, at_start: bool = False) -> bool:
-        """Bring the policies in force up to date with the directory; True if they changed.
+        """Bring the policies in force up to date with the source; True if they changed.
 
-        Each new or changed file is accepted or rejected on its own; a rejected
-        file's earlier version (if any) stays in force. At start, the first
-        problem raises ConfigError instead.
+        Each new or changed document is accepted or rejected on its own; a
+        rejected document's earlier version (if any) stays in force. At start,
+        a strict source's first problem raises ConfigError instead.
         """
+        assert self.policies is not None
+        strict = at_start and self.policies.strict_at_start
         try:
-            current = self._scan()
+            current = self.policies.snapshot()
             for name in set(self._seen) - set(current):
                 del self._seen[name]
-                self.rejected_files.pop(name, None)
+                self.rejected.pop(name, None)
             in_force = {name: docs for name, docs in self._in_force.items() if name in current}
             changed = in_force.keys() != self._in_force.keys()
             pods = self._compile(in_force, blame="") if changed else self._pods
         except PolicyError as error:
-            if at_start:
+            if strict:
                 raise ConfigError(str(error)) from None
             self._report(str(error))
             return False
         for name, content in current.items():
-            version = content if isinstance(content, bytes) else str(content)
+            version = _version(content)
             if self._seen.get(name) == version:
                 continue  # unchanged, accepted or already reported
             self._seen[name] = version
             try:
-                if isinstance(content, PolicyError):
-                    raise content
-                candidate = {**in_force, name: parse_bytes(content, name)}
+                candidate = {**in_force, name: _parse(content, name)}
                 pods = self._compile(candidate, blame=name)
             except PolicyError as error:
-                if at_start:
+                if strict:
                     raise ConfigError(str(error)) from None
                 self._reject(name, str(error))
                 continue
             in_force = candidate
-            self.rejected_files.pop(name, None)
+            self.rejected.pop(name, None)
             changed = True
         if changed:
             self._in_force, self._pods = in_force, pods
             metrics.POLICIES_LOADED.set(len(self._policies()))
+            if self.on_policies is not None:
+                self.on_policies([doc for docs in in_force.values() for doc in docs])
         return changed
 
     def _compile(
@@ -285,8 +275,10 @@ class Dataplane:
 
     def _reject(self, name: str, error: str) -> None:
         metrics.POLICY_FILES_REJECTED.inc()
-        self.rejected_files[name] = error
+        self.rejected[name] = error
         self._report(error, " (the rules in force stay in force)")
+        assert self.policies is not None
+        self.policies.rejected(name, error)
 
     def _report(self, error: str, consequence: str = "") -> None:
         if error != self.last_policy_error:  # a recurring problem is logged once
@@ -297,25 +289,24 @@ class Dataplane:
         return {doc.policy for docs in self._in_force.values() for doc in docs}
 
     async def _follow_policies(self, links: Links) -> None:
-        assert self.policy_dir is not None
-        changes = watchfiles.awatch(self.policy_dir, watch_filter=None)
+        assert self.policies is not None
+        changes = self.policies.changes()
         next_change = asyncio.ensure_future(anext(changes))
         try:
-            # The watch is set up as soon as the generator first runs; after
+            # The watch is set up as soon as the iterator first runs; after
             # that, catching up on what changed since load() misses nothing.
             await asyncio.sleep(0)
             await self._apply_policy_changes(links)
             while True:
                 await next_change
-                # Reading the whole directory also covers ConfigMap volumes,
-                # whose files change by a symlink swap.
                 await self._apply_policy_changes(links)
                 next_change = asyncio.ensure_future(anext(changes))
         finally:
             next_change.cancel()
             with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
                 await next_change
-            await changes.aclose()
+            if hasattr(changes, "aclose"):
+                await changes.aclose()
 
     async def _apply_policy_changes(self, links: Links) -> None:
         async with self._reconciling:
@@ -463,3 +454,20 @@ def _rule_entries(
                 protocol=entry.protocol,
             )
         yield key, value
+
+
+def _version(content: Content) -> bytes:
+    """What tells one version of a document from another."""
+    if isinstance(content, bytes):
+        return content
+    if isinstance(content, PolicyError):
+        return str(content).encode()
+    return orjson.dumps(content, option=orjson.OPT_SORT_KEYS)
+
+
+def _parse(content: Content, name: str) -> list[PolicyEndpoint]:
+    if isinstance(content, PolicyError):
+        raise content
+    if isinstance(content, bytes):
+        return parse_bytes(content, name)
+    return [parse_document(content, name)]

@@ -311,9 +311,9 @@ class Stage:
 
     def _programmed(self, path: Path, updates_before: int) -> bool:
         status = self._dataplane_status()
-        if str(path) in status["rejected_files"]:
-            raise StageError(f"the agent rejected {path}: {status['rejected_files'][str(path)]}")
-        return str(path) in status["policy_files"] and status["policy_updates"] > updates_before
+        if str(path) in status["rejected"]:
+            raise StageError(f"the agent rejected {path}: {status['rejected'][str(path)]}")
+        return str(path) in status["in_force"] and status["policy_updates"] > updates_before
 
     @contextlib.contextmanager
     def serving(self) -> Iterator[None]:

@@ -86,7 +86,15 @@ def test_a_policy_change_applies_live_and_established_flows_carry_on(
                 assert read_events(reader, dataplane) == []
                 assert not await asyncio.to_thread(tcp_connect, client, backend.ipv4, 6379, 0.5)
                 assert await asyncio.to_thread(tcp_connect, client, backend.ipv4, 8080)
-                verdicts = [(e.verdict, e.destination_port) for e in read_events(reader, dataplane)]
+                verdicts: list[tuple[str, int]] = []
+
+                def closed() -> bool:
+                    verdicts.extend(
+                        (e.verdict, e.destination_port) for e in read_events(reader, dataplane)
+                    )
+                    return ("EXPIRED/DELETED", 8080) in verdicts
+
+                await eventually(closed)  # the connection's end, once its last FIN is through
                 assert ("DENY", 6379) in verdicts and ("ACCEPT", 8080) in verdicts
 
                 # No policy left: the pod is left alone again (standard mode).
@@ -113,7 +121,7 @@ def test_a_malformed_file_is_rejected_in_one_line_and_the_rules_in_force_stay(
         async with running(dataplane):
             good.write_text(good.read_text().replace("6379", "70000"))
             expected = f"{good}: spec.ingress[0].ports[0].port: expected 1-65535, got 70000"
-            await eventually(lambda: dataplane.status()["rejected_files"] == {str(good): expected})
+            await eventually(lambda: dataplane.status()["rejected"] == {str(good): expected})
             assert dataplane.status()["last_policy_error"] == expected
             assert metrics.POLICY_FILES_REJECTED._value.get() == rejected_before + 1
             with TcpServer(backend, 6379), TcpServer(backend, 70):
@@ -124,15 +132,15 @@ def test_a_malformed_file_is_rejected_in_one_line_and_the_rules_in_force_stay(
             (policy_dir / "typo.yaml").write_text(
                 good.read_text().replace("70000", "80").replace("ports:", "portz:")
             )
-            await eventually(lambda: len(dataplane.status()["rejected_files"]) == 2)
-            assert dataplane.status()["rejected_files"][str(policy_dir / "typo.yaml")] == (
+            await eventually(lambda: len(dataplane.status()["rejected"]) == 2)
+            assert dataplane.status()["rejected"][str(policy_dir / "typo.yaml")] == (
                 f"{policy_dir / 'typo.yaml'}: spec.ingress[0].portz: unknown field"
             )
 
             # Fixed: accepted, and in force.
             write_policy(policy_dir, "backend.yaml", backend_policy(client, {"port": 70}))
             (policy_dir / "typo.yaml").unlink()
-            await eventually(lambda: dataplane.status()["rejected_files"] == {})
+            await eventually(lambda: dataplane.status()["rejected"] == {})
             await eventually(lambda: dataplane.policy_updates >= 1)
             with TcpServer(backend, 70):
                 assert await asyncio.to_thread(tcp_connect, client, backend.ipv4, 70)
