@@ -142,6 +142,11 @@ class Printer:
         ]
         for text in table(["POD", "NAMESPACE", "IPV4", "IPV6", "SERVES"], rows, self.style):
             self.say(INDENT + text)
+        if stage.kube is not None:
+            self.say(
+                f"{INDENT}Kubernetes API (a stand-in speaking its wire protocol) at "
+                f"{stage.kube.url}, serving these pods; PolicyEndpoints arrive there step by step"
+            )
 
     def cloudwatch_started(self, cloudwatch: LocalCloudWatch) -> None:
         pid = cloudwatch.process.pid if cloudwatch.process else "?"
@@ -156,7 +161,11 @@ class Printer:
             "--enable-policy-event-logs --enable-cloudwatch-logs"
         )
         self.say(f"{INDENT}{INDENT}flow log   {stage.log_file}")
-        self.say(f"{INDENT}{INDENT}policies   {stage.policy_dir}/")
+        kube = stage.kube.url if stage.kube else "?"
+        self.say(
+            f"{INDENT}{INDENT}cluster    pods and PolicyEndpoints from the Kubernetes API at "
+            f"{kube} (in-cluster: a service account token); copies in {stage.policy_dir}/"
+        )
         self.say(
             f"{INDENT}{INDENT}shipping   {SETTINGS.cloudwatch_log_group} / "
             f"{SETTINGS.cloudwatch_log_stream}"

@@ -1,10 +1,14 @@
-"""Where the demo runs: a node with the stars pods, a local CloudWatch, and the agent.
+"""Where the demo runs: a node with the stars pods, its Kubernetes API, a local
+CloudWatch, and the agent.
 
 Everything lives in network namespaces this process creates: the node
 namespace holds the pods' veths, the agent (started there with ``nsenter``, so
-its probes listen on the node's loopback) and moto_server (started from a thread
-inside the node namespace, so the agent reaches it on the node's loopback too).
-Nothing is added to the namespace the demo was started in.
+its probes listen on the node's loopback, and in-cluster, as a hostNetwork pod
+of a DaemonSet runs), the Kubernetes API stand-in that serves the pods and
+PolicyEndpoints (its socket made inside the node namespace) and moto_server
+(started from a thread inside the node namespace). The agent learns pods and
+policies only from that API, as on EKS. Nothing is added to the namespace the
+demo was started in.
 
 ``close()`` undoes everything in reverse order and is safe to call at any
 point: the agent is stopped (it detaches its programs and unpins them), its
@@ -37,6 +41,7 @@ import yaml
 
 from flowlog.config import Settings
 from flowlog.dataplane.programs import PinLayout
+from flowlog.demo.kube_api import KubeApiServer, listening_socket, pod
 from flowlog.demo.local_cloudwatch import DUMMY_CREDENTIALS, LocalCloudWatch
 from flowlog.demo.stars import (
     SERVICES,
@@ -63,6 +68,9 @@ RUN_PREFIX = "flowlog-demo-"
 LOG_FILE_NAME = "network-policy-agent.log"
 AGENT_OUTPUT_NAME = "agent.log"
 POLICY_DIR_NAME = "policies"
+KUBE_DIR_NAME = "kube"
+# The stand-in's bookmarks: as often as a real API server sends them.
+KUBE_BOOKMARK_SECONDS = 60.0
 # The agent compiles its programs with bcc at start: several seconds on a small machine.
 AGENT_START_SECONDS = 120.0
 AGENT_STOP_SECONDS = 15.0
@@ -141,6 +149,7 @@ class Stage:
         self.topology: Topology | None = None
         self.pods: dict[str, Pod] = {}  # by service name
         self.cloudwatch: LocalCloudWatch | None = None
+        self.kube: KubeApiServer | None = None
         self.agent: subprocess.Popen | None = None
         self._logs: Any = None  # boto3 CloudWatch Logs client, made at first use
 
@@ -194,6 +203,32 @@ class Stage:
     def addresses(self) -> dict[str, PodAddresses]:
         return {name: PodAddresses(pod.ipv4, pod.ipv6) for name, pod in self.pods.items()}
 
+    def start_kube_api(self) -> KubeApiServer:
+        """The cluster's API, serving the stars pods as scheduled on this node."""
+        node = self.node
+        kube = KubeApiServer(
+            self.work_dir / KUBE_DIR_NAME,
+            listen_socket=lambda port: node.call(lambda: listening_socket("127.0.0.1", port)),
+            bookmark_interval=KUBE_BOOKMARK_SECONDS,
+        )
+        self.kube = kube.start()
+        self._closing.callback(kube.close)
+        for service in SERVICES:
+            member = self.pods[service.name]
+            deployment = f"{service.name}-{secrets.token_hex(5)[:9]}"  # the ReplicaSet
+            kube.apply(
+                pod(
+                    member.name,
+                    member.namespace,
+                    member.ipv4,
+                    NODE_NAME,
+                    ("ReplicaSet", deployment),
+                    labels={"role": service.role, "pod-template-hash": deployment.rsplit("-")[-1]},
+                    ips=[member.ipv4, member.ipv6],
+                )
+            )
+        return kube
+
     def start_cloudwatch(self) -> LocalCloudWatch:
         cloudwatch = LocalCloudWatch(port=CLOUDWATCH_PORT)
         self.cloudwatch = cloudwatch
@@ -213,7 +248,8 @@ class Stage:
         self.cloudwatch.stop()
 
     def start_agent(self) -> subprocess.Popen:
-        assert self.cloudwatch is not None
+        assert self.cloudwatch is not None and self.kube is not None
+        account = self.kube.write_service_account(self.work_dir / KUBE_DIR_NAME / "serviceaccount")
         argv = [
             sys.executable,
             "-m",
@@ -221,8 +257,10 @@ class Stage:
             "agent",
             "--enable-policy-event-logs",
             "--enable-cloudwatch-logs",
-            "--policy-dir",
-            str(self.policy_dir),
+            "--service-account-dir",
+            str(account),
+            "--ipam-checkpoint",
+            str(self.work_dir / "no-vpc-cni" / "ipam.json"),
             "--log-file",
             str(self.log_file),
             "--bpf-pin-dir",
@@ -249,7 +287,11 @@ class Stage:
                 stdin=subprocess.DEVNULL,
                 stdout=output,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, **self.cloudwatch.client_environment()},
+                env={
+                    **os.environ,
+                    **self.cloudwatch.client_environment(),
+                    **self.kube.service_account_environment(),
+                },
                 start_new_session=True,
                 preexec_fn=_die_with_parent,
             )
@@ -285,21 +327,23 @@ class Stage:
     # --- policies and traffic -------------------------------------------------------------
 
     def apply(self, policies: Sequence[NetworkPolicy]) -> list[Path]:
-        """Write each policy's PolicyEndpoint and wait until the agent has programmed it."""
+        """Create each policy's PolicyEndpoint in the API, as the network policy
+        controller does, and wait until the agent has programmed it. A copy of
+        each goes to the policies directory, for people to read."""
         return [self._apply_one(policy) for policy in policies]
 
     def _apply_one(self, policy: NetworkPolicy) -> Path:
+        assert self.kube is not None
         updates_before = self._dataplane_status()["policy_updates"]
+        document = policy_endpoint(policy, self.addresses())
         path = self.policy_dir / policy_file_name(policy)
-        partial = self.policy_dir / f".{path.name}.partial"
-        partial.write_text(
-            yaml.safe_dump(policy_endpoint(policy, self.addresses()), sort_keys=False)
-        )
-        partial.rename(path)  # the agent never sees half a file
+        path.write_text(yaml.safe_dump(document, sort_keys=False))
+        self.kube.apply(document)
+        name = f"{document['metadata']['namespace']}/{document['metadata']['name']}"
         self.poll(
-            lambda: self._programmed(path, updates_before),
+            lambda: self._programmed(name, updates_before),
             POLICY_APPLY_SECONDS,
-            f"the agent to program {path.name}",
+            f"the agent to program PolicyEndpoint {name}",
         )
         return path
 
@@ -309,11 +353,11 @@ class Stage:
             raise StageError("the agent is not ready")
         return readiness["dataplane"]
 
-    def _programmed(self, path: Path, updates_before: int) -> bool:
+    def _programmed(self, name: str, updates_before: int) -> bool:
         status = self._dataplane_status()
-        if str(path) in status["rejected"]:
-            raise StageError(f"the agent rejected {path}: {status['rejected'][str(path)]}")
-        return str(path) in status["in_force"] and status["policy_updates"] > updates_before
+        if name in status["rejected"]:
+            raise StageError(f"the agent rejected {name}: {status['rejected'][name]}")
+        return name in status["in_force"] and status["policy_updates"] > updates_before
 
     @contextlib.contextmanager
     def serving(self) -> Iterator[None]:

@@ -107,6 +107,7 @@ class Walkthrough:
         stage, printer = self.stage, self.printer
         printer.intro()
         stage.build_node()
+        stage.start_kube_api()
         printer.node(stage)
         stage.check_stop()
         cloudwatch = stage.start_cloudwatch()

@@ -5,7 +5,9 @@ policies, verdicts and protocols, written as the agent writes them: a gzipped
 backup, a plain rotated backup and the live file, with lumberjack's names.
 Timestamps are strictly increasing, so "newest first" has one right answer.
 Some lines are the AWS agent's own (only the first ten keys), some flows have
-no known pod or no known policy.
+no known pod or no known policy. Both ends are named as the agent names them:
+pods (with namespace and workload), a node, or nothing for an outside address;
+flow ends carry their counters instead of a packet size.
 """
 
 from __future__ import annotations
@@ -31,6 +33,18 @@ PODS = (
     ("10.0.4.40", "coredns-77aa", "kube-system"),
 )
 REMOTE_IPS = ("10.0.9.5", "10.0.9.17", "10.0.9.100", "192.168.3.4", "172.16.0.9", "10.0.1.11")
+# What the agent knows each address as: (kind, name, namespace, workload).
+IDENTITIES = {
+    "10.0.1.10": ("pod", "frontend-7d9f", "stars", "deployment/frontend"),
+    "10.0.1.11": ("pod", "backend-5c4b", "stars", "deployment/backend"),
+    "10.0.1.12": ("pod", "backend-5c4b-2", "stars", "deployment/backend"),
+    "10.0.2.20": ("pod", "client-6f8a", "client", "deployment/client"),
+    "10.0.3.30": ("pod", "management-ui-9b1c", "management-ui", "deployment/management-ui"),
+    "10.0.4.40": ("pod", "coredns-77aa", "kube-system", "deployment/coredns"),
+    "10.0.9.5": ("pod", "web-0", "shop", "statefulset/web"),
+    "10.0.9.17": ("pod", "cart-5f6d", "shop", "deployment/cart"),
+    "192.168.3.4": ("node", "ip-192-168-3-4", "", ""),
+}
 # (policy, policy namespace); the same name in two namespaces on purpose.
 POLICIES = (
     ("default-deny", "stars"),
@@ -100,8 +114,32 @@ def generate_records(count: int = 6000, seed: int = 5) -> list[dict]:
         if rng.random() < 0.8:
             policy, policy_namespace = rng.choice(POLICIES)
             record.update({"Policy": policy, "Policy Namespace": policy_namespace})
+        for end, address in (("Src", src), ("Dest", dest)):
+            record.update(identity_keys(end, address))
+        if record["Verdict"] == "EXPIRED/DELETED":
+            del record["Packet Size"]
+            record.update(
+                {
+                    "Start Time": iso(now - rng.randint(1, 300_000)),
+                    "Duration": rng.randint(0, 300_000) / 1000,
+                    "Packets Sent": rng.randint(1, 500),
+                    "Bytes Sent": rng.randint(40, 500_000),
+                    "Packets Received": rng.randint(0, 500),
+                    "Bytes Received": rng.randint(0, 500_000),
+                }
+            )
         records.append(record)
     return records
+
+
+def identity_keys(end: str, address: str) -> dict:
+    known = IDENTITIES.get(address)
+    if known is None:
+        return {}
+    kind, name, namespace, workload = known
+    if kind == "node":
+        return {f"{end} Node": name}
+    return {f"{end} Pod": name, f"{end} Namespace": namespace, f"{end} Workload": workload}
 
 
 def timestamp_ms(record: dict) -> int:

@@ -68,6 +68,8 @@ def test_every_saved_query_is_covered_here():
         "verdicts-over-time",
         "policy-flows",
         "deny-share-by-namespace",
+        "workload-flows",
+        "denied-workload-pairs",
     }
     assert {query.name for query in list_saved_queries()} == tested
 
@@ -169,7 +171,7 @@ def test_deny_share_by_namespace(flowlog, flow_logs):
     flows: Counter[str] = Counter()
     denied: Counter[str] = Counter()
     for record in flow_logs.records:
-        if "Namespace" in record:
+        if "Namespace" in record and record["Verdict"] in ("ACCEPT", "DENY"):
             flows[record["Namespace"]] += 1
             denied[record["Namespace"]] += record["Verdict"] == "DENY"
     share = {ns: denied[ns] * 100 / flows[ns] for ns in flows}
@@ -183,6 +185,35 @@ def test_deny_share_by_namespace(flowlog, flow_logs):
         }
         for ns in ranked
     ]
+    assert rows == expected
+
+
+@pytest.mark.parametrize("workload", ["deployment/backend", "statefulset/web"])
+def test_workload_flows(flowlog, flow_logs, workload):
+    columns, rows = run_saved(
+        flowlog, flow_logs, "workload-flows", "--param", f"workload={workload}"
+    )
+    matching = [
+        r for r in flow_logs.records if workload in (r.get("Src Workload"), r.get("Dest Workload"))
+    ]
+    assert matching
+    assert rows == [row_of(r, columns) for r in newest_first(matching, 1000)]
+
+
+def test_denied_workload_pairs(flowlog, flow_logs):
+    _, rows = run_saved(flowlog, flow_logs, "denied-workload-pairs")
+    keys = ("Src Namespace", "Src Workload", "Dest Namespace", "Dest Workload", "Dest Port")
+    counts: Counter[tuple] = Counter(
+        tuple(r[k] for k in keys)
+        for r in flow_logs.records
+        if r["Verdict"] == "DENY" and "Src Workload" in r and "Dest Workload" in r
+    )
+    ranked = sorted(counts, key=lambda k: (-counts[k], k[1], k[3], k[4]))[:100]
+    expected = [
+        {**{k: str(v) for k, v in zip(keys, key, strict=True)}, "denied": str(counts[key])}
+        for key in ranked
+    ]
+    assert len(counts) > 20
     assert rows == expected
 
 
