@@ -114,6 +114,7 @@ class Dataplane:
         self._pods: dict[PodKey, PodRules] = {}
         self._veths: dict[int, str] = {}  # ifindex -> name of every pod veth
         self._attached: set[int] = set()
+        self._adopted: set[int] = set()  # attached by a previous agent, not yet replaced
         self._programmed: dict[int, _Programmed] = {}
         self._last_rules_id = 0
         self._inherited_lost = 0  # events a previous agent's programs left unread
@@ -324,8 +325,10 @@ class Dataplane:
                     await self._reconcile(links)
 
     async def _adopt_and_reconcile(self, links: Links) -> None:
-        # Veths a previous agent left programs on are ours to replace or remove.
-        self._attached.update(a.ifindex for a in await links.attachments())
+        # Veths a previous agent left programs on are ours to replace or remove:
+        # its programs read its own maps, so each must make way for ours.
+        self._adopted = {a.ifindex for a in await links.attachments()}
+        self._attached.update(self._adopted)
         await self._reconcile(links)
 
     async def _reconcile(self, links: Links) -> None:
@@ -348,9 +351,10 @@ class Dataplane:
             try:
                 if pod is not None:
                     self._program(ifindex, pod)
-                if ifindex not in self._attached:
+                if ifindex not in self._attached or ifindex in self._adopted:
                     await links.attach(ifindex, programs.program_fds)
                     self._attached.add(ifindex)
+                    self._adopted.discard(ifindex)
             except OSError as error:
                 self._report(f"{self._veths[ifindex]}: cannot program or attach: {error}")
         metrics.PODS_ATTACHED.set(len(self._attached))
