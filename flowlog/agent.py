@@ -40,7 +40,14 @@ from flowlog.sources.ringbuf import RingBuffer, RingBufferSource
 log = logging.getLogger("flowlog.agent")
 
 # Settings the agent takes up while running; the others need a restart.
-LIVE_SETTINGS = ("enable_policy_event_logs", "enable_cloudwatch_logs", "flow_log_verdicts")
+LIVE_SETTINGS = (
+    "enable_policy_event_logs",
+    "enable_cloudwatch_logs",
+    "flow_log_verdicts",
+    "flow_log_aggregate",
+    "flow_log_aggregate_by",
+)
+SUMMARY_TICK_SECONDS = 1.0
 LOST_EVENTS_POLL_SECONDS = 1.0
 DRAIN_SECONDS = 3.0
 LOST_EVENTS_REMINDER_SECONDS = 60.0
@@ -157,6 +164,7 @@ class Agent:
             self.shipper = Shipper(settings)
         self._start(self._consume(), "consume")
         self._start(self.cluster.run(), "cluster")
+        self._start(self._close_windows(), "summaries")
         if self.dataplane is not None:
             self._start(self.dataplane.run(), "dataplane")
             self._start(self._watch_lost_events(), "lost-events")
@@ -258,6 +266,13 @@ class Agent:
                 reported_total = self._lost_total
                 last_report = loop.time()
             await asyncio.sleep(LOST_EVENTS_POLL_SECONDS)
+
+    async def _close_windows(self) -> None:
+        """Summaries (--flow-log-aggregate) are written as their window ends."""
+        assert self.pipeline
+        while True:
+            await asyncio.sleep(SUMMARY_TICK_SECONDS)
+            self.pipeline.tick()
 
     async def _end_idle_flows(self) -> None:
         """Flows that went idle end here (closed ones the programs report themselves)."""
@@ -382,6 +397,8 @@ class Agent:
             if self.pipeline and self.flows and not self.settings.keep_programs:
                 # The programs go with us: every flow still open ends now.
                 self.pipeline.process(self.flows.end_all())
+        if self.pipeline:
+            self.pipeline.close()  # the open window's summaries
         if self.sink:
             self.sink.close()
         if self.shipper:

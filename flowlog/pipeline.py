@@ -3,7 +3,9 @@
 count (metrics, including the Go agent's drop counters) → keep the verdicts
 the user asked for → make timestamps non-decreasing → name both ends →
 format → write → tell the shipper there is more to send. Everything works on
-whole batches.
+whole batches. With ``--flow-log-aggregate``, named batches are counted into
+the open window's summaries instead, written when the window closes
+(``tick``) and when the pipeline closes.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 
 from flowlog import metrics
 from flowlog.config import Settings
+from flowlog.flows.summaries import Summaries
 from flowlog.format import Attribution, FlowFormatter, PeerNames
 from flowlog.logfile import LineSink
 from flowlog.records import (
@@ -53,7 +56,10 @@ class Pipeline:
     ) -> None:
         self.sink = sink
         self.peers = peers
+        self.attribution = attribution
+        self.node_name = settings.node_name
         self.formatter = FlowFormatter(settings.node_name, attribution, peers)
+        self.summaries: Summaries | None = None
         # Called after lines reach the sink: the CloudWatch exporter's wake-up.
         self.on_written = on_written
         # Replay writes the flow log whatever enablePolicyEventLogs says.
@@ -65,6 +71,36 @@ class Pipeline:
         """Take up settings that may change while running."""
         self.logging_enabled = self.always_log or settings.enable_policy_event_logs
         self._written_verdicts = _verdict_mask(settings.flow_log_verdicts)
+        aggregation = (settings.flow_log_aggregate, settings.flow_log_aggregate_by)
+        current = self.summaries
+        if current is None or (current.window_ms // 1000, current.level) != aggregation:
+            self._write_summaries(final=True)  # what the old windows counted is kept
+            self.summaries = None
+            if settings.flow_log_aggregate:
+                self.summaries = Summaries(
+                    settings.flow_log_aggregate,
+                    settings.flow_log_aggregate_by,
+                    self.node_name,
+                    self.peers,
+                    lambda: self.attribution.policies if self.attribution else {},
+                )
+
+    def tick(self) -> None:
+        """Write the summaries of a window that has ended."""
+        if self.summaries is not None and self.summaries.due():
+            self._write_summaries()
+
+    def close(self) -> None:
+        """Write the summaries of the window still open."""
+        self._write_summaries(final=True)
+
+    def _write_summaries(self, final: bool = False) -> None:
+        if self.summaries is None:
+            return
+        count = len(self.summaries.open)
+        lines = self.summaries.close_window(final)
+        if lines and self.sink.write(lines, count) and self.on_written:
+            self.on_written()
 
     def process(self, batch: FlowBatch) -> None:
         if len(batch) == 0:
@@ -81,6 +117,9 @@ class Pipeline:
                 return
         batch.epoch_ms = self._non_decreasing(batch.epoch_ms)
         peer_ids = self.peers.resolve(batch) if self.peers is not None else None
+        if self.summaries is not None:
+            self.summaries.add(batch, peer_ids)
+            return
         if self.sink.write(self.formatter.format_view(batch, peer_ids), len(batch)):
             metrics.BATCH_LATENCY.set(max(0.0, time.time() - batch.epoch_ms[-1] / 1000))
             if self.on_written:

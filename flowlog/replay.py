@@ -106,6 +106,7 @@ async def replay(settings: config.Settings, path: Path, layout: Layout) -> int:
                 if whole < len(chunk):
                     break
                 await asyncio.sleep(0)  # let the exporter ship while we read
+        pipeline.close()  # the open window's summaries
         if exporter and not await exporter.wait_acknowledged(SHIPPING_TIMEOUT_SECONDS):
             print(
                 f"flowlog: CloudWatch did not acknowledge every event within "

@@ -223,6 +223,11 @@ class Peers:
         return (entry.current, entry.previous) if entry else (None, None)
 
     @property
+    def numbered(self) -> int:
+        """Identities numbered so far (ids 1 to this)."""
+        return len(self._identities) - 1
+
+    @property
     def addresses(self) -> int:
         return len(self._addresses)
 

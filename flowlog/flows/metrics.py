@@ -9,3 +9,7 @@ CONNTRACK_ENTRIES = Gauge(
 SCAN_SECONDS = Counter(
     "flowlog_conntrack_scan_seconds", "CPU time spent scanning conntrack for idle flows"
 )
+EVENTS_SUMMARIZED = Counter(
+    "flowlog_events_summarized", "Events counted into flow summaries instead of lines of their own"
+)
+SUMMARIES_WRITTEN = Counter("flowlog_summaries_written", "Flow summary lines written")
