@@ -10,7 +10,12 @@ import orjson
 import pytest
 
 from flowlog.cli import main
-from tests.insights.flow_logs import FlowLogFiles, generate_records, write_flow_logs
+from tests.insights.flow_logs import (
+    FlowLogFiles,
+    generate_records,
+    generate_summaries,
+    write_flow_logs,
+)
 
 
 @dataclass(frozen=True)
@@ -26,6 +31,12 @@ class Outcome:
 @pytest.fixture(scope="module")
 def flow_logs(tmp_path_factory: pytest.TempPathFactory) -> FlowLogFiles:
     return write_flow_logs(tmp_path_factory.mktemp("flow-logs"), generate_records())
+
+
+@pytest.fixture(scope="module")
+def summary_logs(tmp_path_factory: pytest.TempPathFactory) -> FlowLogFiles:
+    """What a node writes with --flow-log-aggregate: summary lines only."""
+    return write_flow_logs(tmp_path_factory.mktemp("summaries"), generate_summaries())
 
 
 @pytest.fixture

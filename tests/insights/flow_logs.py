@@ -179,3 +179,52 @@ def write_flow_logs(directory: Path, records: list[dict]) -> FlowLogFiles:
     plain.write_bytes(block(parts[1]))
     live.write_bytes(block(parts[2]))
     return FlowLogFiles(records, live, plain, gzipped)
+
+
+def generate_summaries(windows: int = 30, seed: int = 9) -> list[dict]:
+    """Summary lines (--flow-log-aggregate 60, peer level) over ``windows`` minutes."""
+    rng = random.Random(seed)
+    records = []
+    start = START_MS
+    addresses = [pod[0] for pod in PODS] + list(REMOTE_IPS)
+    for _ in range(windows):
+        end = start + 60_000
+        for _ in range(rng.randint(20, 40)):
+            src, dest = rng.sample(addresses, 2)
+            verdict = rng.choice(("ACCEPT", "ACCEPT", "DENY"))
+            started = rng.randint(1, 50)
+            record = {
+                "level": "info",
+                "timestamp": iso(end),
+                "logger": "ebpf-client",
+                "msg": "Flow Summary: ",
+                "Aggregation": "peer",
+                "Src IP": src,
+                "Dest IP": dest,
+                "Dest Port": rng.choice(PORTS),
+                "Proto": "TCP",
+                "Verdict": verdict,
+                "Direction": rng.choice(("ingress", "egress")),
+                "Node": rng.choice(NODES),
+            }
+            if rng.random() < 0.8:
+                policy, policy_namespace = rng.choice(POLICIES)
+                record.update({"Policy": policy, "Policy Namespace": policy_namespace})
+            record.update(identity_keys("Src", src))
+            record.update(identity_keys("Dest", dest))
+            denied = verdict == "DENY"
+            record.update(
+                {
+                    "Start Time": iso(start),
+                    "End Time": iso(end),
+                    "Flows Started": started,
+                    "Flows Completed": 0 if denied else rng.randint(0, started),
+                    "Packets Sent": started if denied else rng.randint(started, 1000),
+                    "Bytes Sent": started * 60 if denied else rng.randint(100, 10_000_000),
+                    "Packets Received": 0 if denied else rng.randint(0, 1000),
+                    "Bytes Received": 0 if denied else rng.randint(0, 10_000_000),
+                }
+            )
+            records.append(record)
+        start = end
+    return records

@@ -70,6 +70,9 @@ def test_every_saved_query_is_covered_here():
         "deny-share-by-namespace",
         "workload-flows",
         "denied-workload-pairs",
+        "top-talkers",
+        "denied-pairs",
+        "namespace-egress",
     }
     assert {query.name for query in list_saved_queries()} == tested
 
@@ -253,3 +256,113 @@ def test_backups_closed_before_the_range_are_not_needed(flowlog, flow_logs, tmp_
 def test_saved_files_load_from_the_repository():
     for query in list_saved_queries():
         assert load_saved_query(query.path) == query
+
+
+def end_name(record: dict, end: str) -> str | None:
+    """What the summary queries call an end: its workload, else its node, else its address."""
+    for key in (f"{end} Workload", f"{end} Node", f"{end} IP"):
+        if key in record:
+            return record[key]
+    return None
+
+
+def summary_rows(records, keep, group, sums, order, limit) -> list[dict]:
+    """The rows a stats-by query gives: ``group(record)`` -> a dict of by-columns."""
+    totals: dict[tuple, dict[str, int]] = {}
+    columns: dict[tuple, dict[str, str]] = {}
+    for record in records:
+        if not keep(record):
+            continue
+        by = group(record)
+        key = tuple(by.items())
+        columns[key] = {name: str(value) for name, value in by.items() if value is not None}
+        for name, value in sums(record).items():
+            totals.setdefault(key, {}).setdefault(name, 0)
+            totals[key][name] += value
+    ranked = sorted(totals, key=lambda key: order(dict(key), totals[key]))[:limit]
+    return [{**columns[key], **{k: str(v) for k, v in totals[key].items()}} for key in ranked]
+
+
+def first(value):
+    """Missing values sort last in either direction."""
+    return (value is None, value or "")
+
+
+def test_top_talkers(flowlog, summary_logs):
+    _, rows = run_saved(flowlog, summary_logs, "top-talkers")
+
+    def group(r):
+        return {
+            "Src Namespace": r.get("Src Namespace"),
+            "source": end_name(r, "Src"),
+            "Dest Namespace": r.get("Dest Namespace"),
+            "destination": end_name(r, "Dest"),
+            "Dest Port": r["Dest Port"],
+        }
+
+    expected = summary_rows(
+        summary_logs.records,
+        lambda r: r["Verdict"] == "ACCEPT",
+        group,
+        lambda r: {"bytes": r["Bytes Sent"] + r["Bytes Received"], "flows": r["Flows Started"]},
+        lambda by, t: (-t["bytes"], first(by["source"]), first(by["destination"]), by["Dest Port"]),
+        25,
+    )
+    assert rows == expected
+
+
+def test_denied_pairs(flowlog, summary_logs):
+    _, rows = run_saved(flowlog, summary_logs, "denied-pairs")
+
+    def group(r):
+        return {
+            "Src Namespace": r.get("Src Namespace"),
+            "source": end_name(r, "Src"),
+            "Dest Namespace": r.get("Dest Namespace"),
+            "destination": end_name(r, "Dest"),
+            "Dest Port": r["Dest Port"],
+            "Policy": r.get("Policy"),
+        }
+
+    expected = summary_rows(
+        summary_logs.records,
+        lambda r: r["Verdict"] == "DENY",
+        group,
+        lambda r: {"attempts": r["Flows Started"], "packets": r["Packets Sent"]},
+        lambda by, t: (
+            -t["attempts"],
+            first(by["source"]),
+            first(by["destination"]),
+            by["Dest Port"],
+        ),
+        50,
+    )
+    assert len(expected) > 20
+    assert rows == expected
+
+
+def test_namespace_egress(flowlog, summary_logs):
+    _, rows = run_saved(flowlog, summary_logs, "namespace-egress", "--param", "namespace=stars")
+
+    def group(r):
+        return {
+            "Dest Namespace": r.get("Dest Namespace"),
+            "destination": end_name(r, "Dest"),
+            "Dest Port": r["Dest Port"],
+            "Verdict": r["Verdict"],
+        }
+
+    expected = summary_rows(
+        summary_logs.records,
+        lambda r: r["Direction"] == "egress" and r.get("Src Namespace") == "stars",
+        group,
+        lambda r: {
+            "bytes_out": r["Bytes Sent"],
+            "bytes_in": r["Bytes Received"],
+            "flows": r["Flows Started"],
+        },
+        lambda by, t: (-t["bytes_out"], first(by["destination"]), by["Dest Port"]),
+        50,
+    )
+    assert expected
+    assert rows == expected
