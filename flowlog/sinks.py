@@ -26,6 +26,7 @@ def open_sink(settings: Settings, before_delete: Callable[[Path], None] | None =
         max_backups=settings.log_file_max_backups,
         max_age_days=settings.log_file_max_age,
         compress=settings.log_file_compress,
+        compress_level=settings.log_file_compress_level,
         before_delete=before_delete,
     )
 

@@ -86,6 +86,27 @@ def test_backups_are_gzipped_off_the_writer_and_read_back_whole(tmp_path):
     assert all_lines(tmp_path) == lines(210).splitlines()
 
 
+@pytest.mark.parametrize("level", [0, 1, 2, 3])
+def test_compressed_backups_are_standard_gzip_that_zcat_and_python_read(tmp_path, level):
+    log = writer(tmp_path, max_bytes=200_000, compress=True, compress_level=level)
+    written = b""
+    for block in range(12):
+        chunk = lines(500, block * 500, width=150)
+        log.write(chunk, 500)
+        written += chunk
+    log.wait_housekeeping()
+    log.close()
+    backups = list_backups(tmp_path / "network-policy-agent.log")
+    assert len(backups) >= 3 and all(b.compressed for b in backups)
+    live = (tmp_path / "network-policy-agent.log").read_bytes()
+    python_read = b"".join(gzip.decompress(b.path.read_bytes()) for b in backups)
+    zcat = subprocess.run(
+        ["zcat", *(str(b.path) for b in backups)], capture_output=True, check=True
+    )
+    assert python_read + live == zcat.stdout + live == written
+    assert sum(b.path.stat().st_size for b in backups) < len(python_read) / 4  # it compressed
+
+
 def test_keeps_only_the_newest_backups(tmp_path):
     log = writer(tmp_path, max_bytes=1000, max_backups=3)
     for block in range(40):
