@@ -223,6 +223,4 @@ def _print_report(report: MapReport) -> None:
         )
     for note in report.graph.notes:
         print(f"flowlog: note: {note}", file=sys.stderr)
-    if not report.graph.edges:
-        print("flowlog: warning: no flows to draw", file=sys.stderr)
     print(f"flowlog: wrote {report.describe()}", file=sys.stderr)

@@ -198,6 +198,8 @@ def build_graph(
     for item in resolved:
         builder.add(item)
     edges = builder.edges_to_draw(notes)
+    if not edges:
+        notes.append("No flows to draw in what was read")
     return FlowGraph(
         builder.nodes, edges, builder.groups(), level, len(pods), notes, tally.undecided_lines
     )

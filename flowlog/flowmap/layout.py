@@ -155,7 +155,9 @@ def _pack(sizes: list[tuple[float, float]], row_width: float) -> list[tuple[floa
 
 def _best_row_width(sizes: list[tuple[float, float]]) -> float:
     """The row width whose packing comes closest to the ASPECT of a browser window."""
-    widest = max((width for width, _ in sizes), default=0.0)
+    if not sizes:
+        return 0.0
+    widest = max(width for width, _ in sizes)
     candidates = {widest}
     total = 0.0
     for width, _ in sizes:

@@ -39,8 +39,10 @@ class ReadReport:
 
 def check_readable(paths: Sequence[Path]) -> None:
     for path in paths:
-        if not path.is_file():
+        if not path.exists():
             raise ConfigError(f"{path}: no such file")
+        if not path.is_file():
+            raise ConfigError(f"{path}: not a file")
         try:
             path.open("rb").close()
         except OSError as error:

@@ -104,7 +104,9 @@ class FlowTally:
         except (AttributeError, KeyError, TypeError):
             return False
         verdict = key[VERDICT]
-        if type(stamp) is not str or type(key[DEST_PORT]) is not int or key[PROTO] is None:
+        if type(stamp) is not str or type(key[DEST_PORT]) is not int:
+            return False
+        if verdict is None or key[PROTO] is None:
             return False
         # Each end needs an address, a namespace (pod or workload) or a node name.
         if key[SRC_IP] is None and key[SRC_NAMESPACE] is None and key[SRC_NODE] is None:
