@@ -13,7 +13,9 @@ One kind of conversation has no such bound: outside addresses, such as the
 clients of a public service, can each be new. When the tally holds more than
 ``max_observations``, ends known only by an address that no observation shows
 to be a pod's or a node's are replaced by their outside network (the one the
-map groups them by), and the observations that become the same are merged.
+map groups them by), and the observations that become the same are merged;
+if that is not enough, all but the busiest networks become ``world``. From
+then on each new observation is merged so as it comes.
 
 The hot path builds a plain tuple in ``Observation``'s field order and
 updates a list of counters; the values of a new observation are shared with the
@@ -166,10 +168,13 @@ class FlowTally:
         has_sizes: bool,
     ) -> None:
         tally = self._tallies.get(key)
-        if tally is None and len(self._tallies) >= self.max_observations:
-            self._merge_outside_addresses()
-            key = self._merged(key)
-            tally = self._tallies.get(key)
+        if tally is None:
+            if len(self._tallies) >= self.max_observations:
+                self._merge_outside_addresses()
+            if self.merged_addresses:  # from then on, as each new observation comes
+                self._pods_and_nodes.update(self._named_addresses_of(key))
+                key = self._merged(key)
+                tally = self._tallies.get(key)
         if tally is None:
             key = tuple(map(self._shared.setdefault, key, key))
             tally = self._tallies[key] = [0, 0, 0, 0, 0, 0, first, last, False]
@@ -191,12 +196,14 @@ class FlowTally:
         self.merged_addresses = True
 
     def _named_addresses(self) -> set[str]:
-        addresses = set()
-        for key in self._tallies:
-            for source, field in ((True, SRC_IP), (False, DEST_IP)):
-                if key[field] is not None and is_named(key, source):  # type: ignore[arg-type]
-                    addresses.add(key[field])
-        return addresses
+        return {address for key in self._tallies for address in self._named_addresses_of(key)}
+
+    @staticmethod
+    def _named_addresses_of(key: tuple) -> Iterator[str]:
+        """The addresses of the ends ``key`` names as a pod or a node."""
+        for source, field in ((True, SRC_IP), (False, DEST_IP)):
+            if key[field] is not None and is_named(key, source):
+                yield key[field]
 
     def _outside_ends(self, key: tuple) -> Iterator[int]:
         """The fields of ``key`` holding an outside address (or network)."""
