@@ -81,7 +81,9 @@
   function edgeDetails(id) {
     const edge = data.edges[id];
     const box = document.createDocumentFragment();
-    box.append(element("h3", nodeName(edge.source) + " → " + nodeName(edge.target)));
+    const heading = element("h3", nodeName(edge.source));
+    heading.append(document.createElement("br"), "→ " + nodeName(edge.target));
+    box.append(heading);
     const pairs = [
       ["port", edge.service],
       ["verdict", edge.status + (edge.latest ? " (the latest " + edge.latest + ")" : "")],

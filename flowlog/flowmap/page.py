@@ -207,8 +207,10 @@ def _svg(graph: FlowGraph, layout: Layout) -> str:
     ]
     for status in ("allowed", DENIED, PARTLY_DENIED, "focus"):
         parts.append(
+            # Sized in the picture's units: a thick or highlighted line keeps its arrowhead.
             f'<marker id="arrow-{status}" class="arrow {status}" viewBox="0 0 10 10" refX="9" '
-            'refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse">'
+            'refY="5" markerWidth="11" markerHeight="11" markerUnits="userSpaceOnUse" '
+            'orient="auto-start-reverse">'
             '<path d="M0,0L10,5L0,10z"/></marker>'
         )
     parts.append('</defs>\n<g id="viewport">\n<g class="groups">\n')

@@ -143,7 +143,7 @@ def test_clicking_a_box_shows_its_details_and_edges(stars):
     assert len(dimmed) == 4  # the edges that do not touch the frontend
     click(stars, f'[data-edge="{CLIENT}>{BACKEND}:6379/TCP"] .hit')
     details = stars.evaluate("document.getElementById('details').innerText")
-    assert "client/client-xlffc → stars/backend-sz87q" in details
+    assert details.startswith("client/client-xlffc\n→ stars/backend-sz87q\n")
     assert "denied at ingress: stars/default-deny (4)" in details
     assert "first seen\n2026-12-04" in details
 
