@@ -48,8 +48,8 @@ verdict and port; search for a pod. Over --max-nodes pods (default
 stream) that adds the flows up in CloudWatch; it returns at most 10,000 rows.
 Lines that are not flow-log lines are skipped and counted on stderr.
 
-exit status: 0 when the map is written; 1 when the CloudWatch query failed;
-2 for bad usage.
+exit status: 0 when the map is written; 1 when the CloudWatch query failed or
+the page could not be written; 2 for bad usage.
 """
 
 
@@ -152,15 +152,19 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"no flow log at {settings.log_file} (name the files to read)")
     check_readable(paths)
     since_ms, until_ms = window.milliseconds()
-    report = write_map(
-        paths,
-        output,
-        options,
-        since_ms=since_ms,
-        until_ms=until_ms,
-        title=args.title,
-        time_range=_describe_range(args),
-    )
+    try:
+        report = write_map(
+            paths,
+            output,
+            options,
+            since_ms=since_ms,
+            until_ms=until_ms,
+            title=args.title,
+            time_range=_describe_range(args),
+        )
+    except OSError as error:
+        print(f"flowlog: error: --output {output}: {error.strerror}", file=sys.stderr)
+        return 1
     _print_report(report)
     return 0
 
@@ -204,6 +208,9 @@ def _map_cloudwatch(
         )
     except CloudWatchQueryError as error:
         print(f"flowlog: error: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:
+        print(f"flowlog: error: --output {args.output}: {error.strerror}", file=sys.stderr)
         return 1
     _print_report(report)
     return 0

@@ -34,7 +34,7 @@ from flowlog.flowmap.endpoints import (
     workload_name,
 )
 from flowlog.flowmap.observation import DECIDED, Observation
-from flowlog.flowmap.tally import MAX_OBSERVATIONS, Counts, FlowTally
+from flowlog.flowmap.tally import Counts, FlowTally
 
 BY_POD, BY_WORKLOAD, BY_NAMESPACE = "pod", "workload", "namespace"
 LEVELS = (BY_POD, BY_WORKLOAD, BY_NAMESPACE)
@@ -191,8 +191,8 @@ def build_graph(
     level, notes = _level(resolved, options, networks, len(pods))
     if tally.merged_addresses:
         notes.append(
-            f"More than {MAX_OBSERVATIONS:,} distinct conversations: outside addresses were "
-            "merged into their networks while reading"
+            "Too many distinct conversations to keep apart: outside addresses were merged "
+            "into their networks while reading"
         )
     builder = _GraphBuilder(level, networks, _busiest_networks(resolved, networks, notes))
     for item in resolved:

@@ -85,6 +85,15 @@ def test_a_time_range(flowlog, tmp_path):
     assert "from 2026-11-22T05:30:00Z to 2026-11-22T07:00:00Z" in page
 
 
+def test_a_page_that_cannot_be_written_is_one_line(flowlog, tmp_path):
+    taken = tmp_path / "map.html"
+    taken.mkdir()  # a directory where the page should go
+    outcome = flowlog("map", STARS_LOG, "--output", taken)
+    assert outcome.status == 1
+    assert outcome.stderr.splitlines() == [f"flowlog: error: --output {taken}: Is a directory"]
+    assert [path.name for path in tmp_path.iterdir()] == ["map.html"]
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
