@@ -16,7 +16,8 @@ every node and edge is an element a test (or a screen reader) can find. The
 libraries that draw compound graphs well (Cytoscape.js with fcose, ELK) are
 300 KB to 1.5 MB of script and draw to a canvas. The script on the page
 (``page.js``, about 350 lines, no dependencies) only adds details, filters,
-search, pan and zoom.
+search, pan and zoom. The stars demo's page is 36 KB; a 184-pod cluster's,
+with 2,000 edges, about 2 MB.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from flowlog.flowmap.graph import FlowGraph, MapOptions, build_graph
 from flowlog.flowmap.local_files import ReadReport, read_flow_logs
 from flowlog.flowmap.page import PageContext, render_page
 from flowlog.flowmap.tally import FlowTally
+from flowlog.insights.output import Progress
 
 __all__ = ["KnownPod", "MapOptions", "MapReport", "write_cloudwatch_map", "write_map"]
 
@@ -47,7 +49,7 @@ class MapReport:
     output: Path
     page_bytes: int
     graph: FlowGraph
-    read: ReadReport  # for CloudWatch: rows as lines_read, no bad lines
+    read: ReadReport  # for CloudWatch: the lines the rows add up, rows that were not numbers
 
     def describe(self) -> str:
         by = "" if self.graph.level == "pod" else f", drawn by {self.graph.level}"
@@ -85,7 +87,7 @@ def write_cloudwatch_map(
     options: MapOptions = DEFAULT_OPTIONS,
     *,
     timeout: float,
-    progress: Any,
+    progress: Progress,
     title: str = DEFAULT_TITLE,
     time_range: str = "",
 ) -> MapReport:
@@ -97,7 +99,7 @@ def write_cloudwatch_map(
     rows = query_edges(client, log_group, start, end, tally, timeout, progress)
     read = ReadReport(lines_read=rows.lines, bad_lines=rows.bad_rows)
     if rows.bad_rows:
-        read.first_bad_line = "a result row"
+        read.first_bad_line = "a row of the query's result"
     context = PageContext(title, f"CloudWatch Logs {log_group}", rows.lines, 0, time_range)
     notes = [rows.truncated] if rows.truncated else []
     return _write(tally, output, options, None, context, read, notes)

@@ -221,7 +221,7 @@ def _print_report(report: MapReport) -> None:
     if read.bad_lines:
         print(
             f"flowlog: warning: skipped {read.bad_lines:,} lines that are not flow-log lines "
-            f"(the first at {read.first_bad_line})",
+            f"(the first: {read.first_bad_line})",
             file=sys.stderr,
         )
     for damaged in read.damaged_files:

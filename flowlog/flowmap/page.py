@@ -357,7 +357,7 @@ def _page_data(graph: FlowGraph) -> dict:
             "lastDenied": _time(edge.last_denied),
             "latest": _latest(edge),
         }
-    return {"level": graph.level, "nodes": nodes, "edges": edges}
+    return {"nodes": nodes, "edges": edges}
 
 
 # --- words -----------------------------------------------------------------------

@@ -47,7 +47,7 @@ def test_bad_lines_are_one_warning_line_and_the_rest_is_mapped(flowlog, tmp_path
     assert outcome.status == 0
     first, last = outcome.stderr.splitlines()
     assert first == (
-        f"flowlog: warning: skipped 2 lines that are not flow-log lines (the first at {path}:2)"
+        f"flowlog: warning: skipped 2 lines that are not flow-log lines (the first: {path}:2)"
     )
     assert "1 edge" in last
 
