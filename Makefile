@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup host venv test lint unit demo bench clean
+.PHONY: setup host venv browser test lint unit demo bench clean
 
 setup: host venv
 
@@ -30,7 +30,11 @@ lint: setup
 	$(BIN)/ruff check flowlog tests bench
 	$(BIN)/ruff format --check flowlog tests bench
 
-test: setup lint
+# The flow map's tests render pages in Debian's chromium; only the tests need it.
+browser:
+	@scripts/setup-browser
+
+test: setup browser lint
 	$(BIN)/python -m pytest -ra $(PYTEST_ARGS)
 
 demo: setup

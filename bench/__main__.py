@@ -8,13 +8,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import replay_to_file, ringbuf_to_file, shipping
+from bench import flowmap, replay_to_file, ringbuf_to_file, shipping
 from bench.measure import Figure, cpu_times, steal_share
 
 BENCHMARKS = {
     "ringbuf": ringbuf_to_file.run,
     "replay": replay_to_file.run,
     "shipping": shipping.run,
+    "map": flowmap.run,
 }
 
 

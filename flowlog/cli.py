@@ -24,6 +24,7 @@ SUBCOMMANDS = {
     "ship": "flowlog.cloudwatch.cli",
     "query": "flowlog.insights.cli",
     "insights": "flowlog.insights.cli",
+    "map": "flowlog.flowmap.cli",
     "ebpf": "flowlog.dataplane.cli",
     "demo": "flowlog.demo.cli",
 }

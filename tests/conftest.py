@@ -16,7 +16,7 @@ import pytest
 from flowlog.demo.local_cloudwatch import LocalCloudWatch
 from tests.support.cloudwatch_proxy import CloudWatchProxy
 
-INTEGRATION_MARKS = ("bpf", "cloudwatch", "root")
+INTEGRATION_MARKS = ("bpf", "cloudwatch", "root", "browser")
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 

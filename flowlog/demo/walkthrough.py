@@ -9,6 +9,7 @@ the saved Insights queries run on the local file.
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -193,6 +194,27 @@ class Walkthrough:
             result = run_local_query(name, stage.log_file)
             outcome.queries.append(result)
             self.printer.query(result, stage.log_file, self._pods_by_address())
+        self._write_flow_map()
+
+    def _write_flow_map(self) -> None:
+        """The stars map, kept with the other files, or else in the temporary directory:
+        the one thing the demo leaves behind, to open in a browser."""
+        from flowlog.flowmap import KnownPod, write_map
+
+        stage = self.stage
+        if stage.keep_work_dir:
+            output = stage.work_dir / "flow-map.html"
+        else:
+            output = Path(tempfile.gettempdir()) / "flowlog-stars-map.html"
+        # The lines name only the pod each verdict was made for; the demo knows every address.
+        known = {
+            address: KnownPod(pod.namespace, pod.name)
+            for pod in stage.pods.values()
+            for address in (pod.ipv4, pod.ipv6)
+        }
+        report = write_map([stage.log_file], output, known_pods=known, title="The stars demo")
+        self.printer.heading(f"The flow map: {output}")
+        self.printer.paragraph(f"{report.graph.summary()}. Open it in a browser.")
 
     def _pods_by_address(self) -> dict[str, str]:
         names = {}

@@ -85,7 +85,7 @@ class LocalFlowLogs:
             too_old = closed_at is not None and closed_at < (self.since or 0) - CLOCK_SLACK_MS
             if self.since is not None and too_old:
                 continue
-            with _open(path) as handle:
+            with open_flow_log(path) as handle:
                 try:
                     yield from self._rows_of(path, handle)
                 except (EOFError, gzip.BadGzipFile, OSError) as error:
@@ -134,7 +134,8 @@ class LocalFlowLogs:
             yield event
 
 
-def _open(path: Path) -> BinaryIO:
+def open_flow_log(path: Path) -> BinaryIO:
+    """A flow-log file for reading bytes, gunzipped if it is gzipped (whatever its name)."""
     handle = path.open("rb")
     if handle.read(2) == GZIP_MAGIC:
         handle.close()

@@ -119,6 +119,8 @@ def test_every_step_matches_the_seed_and_reaches_cloudwatch(tmp_path, tmpdir_for
 
     # The story went to stderr; the kept files are there; everything else is gone.
     assert "Step 5 of 5" in stderr and "Cleaned up" in stderr
+    assert f"The flow map: {kept / 'flow-map.html'}" in stderr
+    assert 'class="edge denied"' in (kept / "flow-map.html").read_text()
     assert sorted(path.name for path in (kept / "policies").iterdir()) == [
         "client-allow-ui.yaml",
         "client-default-deny.yaml",
