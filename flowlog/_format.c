@@ -375,21 +375,24 @@ static int get_buffer(PyObject *object, Py_buffer *view, int flags, Py_ssize_t i
 }
 
 PyDoc_STRVAR(format_doc,
-"format(records, epoch_ms, src_peers, dest_peers, offset_ns, out) -> bytes written\n\n"
-"Write the lines of ``records`` (a contiguous array of struct flow_end) into\n"
-"``out`` (writable, at least len(records) * line_bound() bytes). ``epoch_ms``\n"
-"(int64) is each line's timestamp; ``src_peers`` and ``dest_peers`` (int32)\n"
-"are each end's row in the peer tables, or None; ``offset_ns`` turns the\n"
-"records' CLOCK_MONOTONIC start times into wall-clock time.");
+"format(records, epoch_ms, src_peers, dest_peers, offset_ns, out, first) -> (bytes, next)\n\n"
+"Write the lines of ``records`` (a contiguous array of struct flow_end) from\n"
+"index ``first`` into ``out`` (writable, at least line_bound() bytes), as many\n"
+"as surely fit; returns the bytes written and the index of the next record.\n"
+"``epoch_ms`` (int64) is each line's timestamp; ``src_peers`` and\n"
+"``dest_peers`` (int32) are each end's row in the peer tables, or None;\n"
+"``offset_ns`` turns the records' CLOCK_MONOTONIC start times into wall-clock\n"
+"time.");
 
 static PyObject *format(Formatter *self, PyObject *args)
 {
 	PyObject *records_object, *epoch_object, *src_object, *dest_object, *out_object;
 	long long offset_ns;
+	Py_ssize_t first;
 	Py_buffer records, epoch, src = {0}, dest = {0}, out;
 
-	if (!PyArg_ParseTuple(args, "OOOOLO", &records_object, &epoch_object, &src_object,
-			      &dest_object, &offset_ns, &out_object))
+	if (!PyArg_ParseTuple(args, "OOOOLOn", &records_object, &epoch_object, &src_object,
+			      &dest_object, &offset_ns, &out_object, &first))
 		return NULL;
 	if (PyObject_GetBuffer(records_object, &records, PyBUF_C_CONTIGUOUS) < 0)
 		return NULL;
@@ -411,8 +414,9 @@ static PyObject *format(Formatter *self, PyObject *args)
 		failed = get_buffer(dest_object, &dest, 0, sizeof(int32_t), count, "dest_peers") < 0;
 	if (!failed)
 		failed = PyObject_GetBuffer(out_object, &out, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0;
-	if (!failed && out.len < count * line_bound(self)) {
-		PyErr_SetString(PyExc_ValueError, "out: smaller than len(records) * line_bound()");
+	Py_ssize_t bound = line_bound(self);
+	if (!failed && (out.len < bound || first < 0 || first > count)) {
+		PyErr_SetString(PyExc_ValueError, "out: smaller than line_bound(), or first out of range");
 		PyBuffer_Release(&out);
 		failed = 1;
 	}
@@ -430,11 +434,12 @@ static PyObject *format(Formatter *self, PyObject *args)
 	const int64_t *epoch_ms = epoch.buf;
 	const int32_t *src_peers = src.obj ? src.buf : NULL;
 	const int32_t *dest_peers = dest.obj ? dest.buf : NULL;
-	uint8_t *start = out.buf, *cursor = start;
+	uint8_t *start = out.buf, *cursor = start, *last = start + out.len - bound;
 	SecondCache seconds = {.second = INT64_MIN}, start_seconds = {.second = INT64_MIN};
+	Py_ssize_t i = first;
 
 	Py_BEGIN_ALLOW_THREADS
-	for (Py_ssize_t i = 0; i < count; i++)
+	for (; i < count && cursor <= last; i++)
 		cursor = put_line(self, cursor, &events[i], epoch_ms[i],
 				  src_peers ? src_peers[i] : 0, dest_peers ? dest_peers[i] : 0,
 				  offset_ns, &seconds, &start_seconds);
@@ -447,7 +452,7 @@ static PyObject *format(Formatter *self, PyObject *args)
 		PyBuffer_Release(&dest);
 	PyBuffer_Release(&epoch);
 	PyBuffer_Release(&records);
-	return PyLong_FromSsize_t(cursor - start);
+	return Py_BuildValue("nn", (Py_ssize_t)(cursor - start), i);
 }
 
 static PyMethodDef formatter_methods[] = {

@@ -10,7 +10,7 @@ hold changes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Protocol
 
 import numpy as np
@@ -31,6 +31,9 @@ from flowlog.records import (
 HEAD = b'{"level":"info","timestamp":"'
 TIMESTAMP_OFFSET = len(HEAD)
 SRC, DEST = "Src", "Dest"
+# Lines are written in blocks of about this size: big enough that a write
+# carries thousands of lines, small enough to stay in the CPU's caches.
+BLOCK_BYTES = 1 << 20
 
 
 class Attribution(Protocol):
@@ -97,33 +100,39 @@ class FlowFormatter:
     def format(
         self, batch: FlowBatch, peer_ids: tuple[np.ndarray, np.ndarray] | None = None
     ) -> bytes:
-        return bytes(self.format_view(batch, peer_ids))
+        return b"".join(bytes(block) for block, _ in self.chunks(batch, peer_ids))
 
-    def format_view(
+    def chunks(
         self, batch: FlowBatch, peer_ids: tuple[np.ndarray, np.ndarray] | None = None
-    ) -> memoryview:
-        """The lines of ``batch``, valid until the next call (the buffer is reused).
+    ) -> Iterator[tuple[memoryview, int]]:
+        """The lines of ``batch`` in blocks of whole lines, each with its count of
+        lines, each valid until the next (the buffer is reused).
 
         ``peer_ids`` are each event's source and destination rows in the peer
         tables (int32), from ``flowlog.cluster.peers``.
         """
         if len(batch) == 0:
-            return memoryview(b"")
+            return
         self._refresh_tables()
         events = np.ascontiguousarray(batch.events, FLOW_END)
         epoch_ms = np.ascontiguousarray(batch.epoch_ms, np.int64)
         src, dest = peer_ids if peer_ids is not None else (None, None)
-        out = self._output(len(events) * self._native.line_bound())
-        written = self._native.format(
-            events, epoch_ms, src, dest, monotonic_to_epoch_offset_ns(), out
-        )
-        return memoryview(out)[:written]
+        out = self._output(self._native.line_bound())
+        offset_ns = monotonic_to_epoch_offset_ns()
+        done = 0
+        while done < len(events):
+            written, following = self._native.format(
+                events, epoch_ms, src, dest, offset_ns, out, done
+            )
+            yield memoryview(out)[:written], following - done
+            done = following
 
-    def _output(self, size: int) -> np.ndarray:
-        # One buffer, grown as needed and reused: fresh memory for every batch
-        # would cost a page fault per 4 KiB.
+    def _output(self, line_bound: int) -> np.ndarray:
+        # One buffer of a fixed size, reused: it stays in the CPU's caches, and
+        # fresh memory for every batch would cost a page fault per 4 KiB.
+        size = max(BLOCK_BYTES, line_bound)
         if len(self._buffer) < size:
-            self._buffer = np.empty(max(size, 2 * len(self._buffer)), np.uint8)
+            self._buffer = np.empty(size, np.uint8)
         return self._buffer
 
 

@@ -120,7 +120,10 @@ class Pipeline:
         if self.summaries is not None:
             self.summaries.add(batch, peer_ids)
             return
-        if self.sink.write(self.formatter.format_view(batch, peer_ids), len(batch)):
+        written = True
+        for block, lines in self.formatter.chunks(batch, peer_ids):
+            written = self.sink.write(block, lines) and written
+        if written:
             metrics.BATCH_LATENCY.set(max(0.0, time.time() - batch.epoch_ms[-1] / 1000))
             if self.on_written:
                 self.on_written()

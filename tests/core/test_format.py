@@ -329,3 +329,15 @@ def test_ipv6_text_is_what_the_socket_library_writes():
     records = [event(src=a, dst=a) for a in addresses]
     lines = FlowFormatter("n").format(batch_of(*records)).splitlines()
     assert [orjson.loads(line)["Src IP"] for line in lines] == addresses
+
+
+def test_a_batch_larger_than_a_block_comes_in_blocks_of_whole_lines():
+    count = 9000  # about 3 MB of lines: three blocks of 1 MB
+    events = np.concatenate([event(sport=i % 60000 + 1) for i in range(count)])
+    batch = FlowBatch(events, np.full(count, MAY_30_2023))
+    # Each block is valid until the next one: keep a copy.
+    blocks = [(bytes(block), lines) for block, lines in FlowFormatter("n").chunks(batch)]
+    assert len(blocks) >= 3
+    assert sum(lines for _, lines in blocks) == count
+    assert all(bytes(block).count(b"\n") == lines for block, lines in blocks)
+    assert all(bytes(block).endswith(b"}\n") for block, _ in blocks)
