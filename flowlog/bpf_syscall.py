@@ -17,10 +17,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+BPF_MAP_CREATE = 0
 BPF_MAP_LOOKUP_ELEM = 1
 BPF_MAP_UPDATE_ELEM = 2
 BPF_MAP_DELETE_ELEM = 3
 BPF_MAP_GET_NEXT_KEY = 4
+BPF_PROG_LOAD = 5
 BPF_OBJ_PIN = 6
 BPF_OBJ_GET = 7
 BPF_PROG_TEST_RUN = 10
@@ -50,6 +52,34 @@ class _MapElemAttr(ctypes.Structure):
         ("key", ctypes.c_uint64),
         ("value", ctypes.c_uint64),  # next_key for BPF_MAP_GET_NEXT_KEY
         ("flags", ctypes.c_uint64),
+    ]
+
+
+class _MapCreateAttr(ctypes.Structure):
+    _fields_ = [
+        ("map_type", ctypes.c_uint32),
+        ("key_size", ctypes.c_uint32),
+        ("value_size", ctypes.c_uint32),
+        ("max_entries", ctypes.c_uint32),
+        ("map_flags", ctypes.c_uint32),
+        ("inner_map_fd", ctypes.c_uint32),
+        ("numa_node", ctypes.c_uint32),
+        ("map_name", ctypes.c_char * 16),
+    ]
+
+
+class _ProgLoadAttr(ctypes.Structure):
+    _fields_ = [
+        ("prog_type", ctypes.c_uint32),
+        ("insn_cnt", ctypes.c_uint32),
+        ("insns", ctypes.c_uint64),
+        ("license", ctypes.c_uint64),
+        ("log_level", ctypes.c_uint32),
+        ("log_size", ctypes.c_uint32),
+        ("log_buf", ctypes.c_uint64),
+        ("kern_version", ctypes.c_uint32),
+        ("prog_flags", ctypes.c_uint32),
+        ("prog_name", ctypes.c_char * 16),
     ]
 
 
@@ -125,6 +155,7 @@ class MapInfo:
     value_size: int
     max_entries: int
     name: str
+    flags: int = 0
 
 
 def _address(buffer: ctypes.Array | ctypes.Structure | None) -> int:
@@ -223,6 +254,54 @@ def possible_cpus() -> int:
     return count
 
 
+def map_create(
+    map_type: int, key_size: int, value_size: int, max_entries: int, flags: int, name: str
+) -> int:
+    """A new map; returns its file descriptor."""
+    attr = _MapCreateAttr(
+        map_type=map_type,
+        key_size=key_size,
+        value_size=value_size,
+        max_entries=max_entries,
+        map_flags=flags,
+        map_name=name.encode()[:15],
+    )
+    return _bpf(BPF_MAP_CREATE, attr)
+
+
+def prog_load(prog_type: int, instructions: bytes, license: str, name: str) -> int:
+    """Load a program (its instructions with their maps' fds in place); returns its fd.
+
+    A program the verifier refuses raises OSError with the verifier's last line."""
+    code = ctypes.create_string_buffer(instructions, len(instructions))
+    licence = ctypes.create_string_buffer(license.encode())
+
+    def load(log: ctypes.Array | None) -> int:
+        attr = _ProgLoadAttr(
+            prog_type=prog_type,
+            insn_cnt=len(instructions) // 8,
+            insns=ctypes.addressof(code),
+            license=ctypes.addressof(licence),
+            log_level=1 if log is not None else 0,
+            log_size=len(log) if log is not None else 0,
+            log_buf=ctypes.addressof(log) if log is not None else 0,
+            prog_name=name.encode()[:15],
+        )
+        return _bpf(BPF_PROG_LOAD, attr)
+
+    try:
+        return load(None)
+    except OSError as error:
+        # Again with the verifier's log, for its reason.
+        log = ctypes.create_string_buffer(1 << 20)
+        try:
+            fd = load(log)
+        except OSError:
+            lines = log.value.decode(errors="replace").strip().splitlines()
+            raise OSError(error.errno, lines[-1] if lines else error.strerror) from None
+        return fd
+
+
 def obj_pin(fd: int, path: str) -> None:
     """Pin a map or program at ``path`` in the BPF filesystem."""
     encoded = ctypes.create_string_buffer(os.fsencode(path))
@@ -251,6 +330,7 @@ def map_info(fd: int) -> MapInfo:
         info.value_size,
         info.max_entries,
         info.name.decode(errors="replace"),
+        info.map_flags,
     )
 
 

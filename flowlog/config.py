@@ -383,6 +383,13 @@ OPTIONS: tuple[Option, ...] = (
         "bpf_pin_dir", _string, "where our programs and maps are pinned", "bpfPinDir", metavar="DIR"
     ),
     Option(
+        "program_cache_dir",
+        _string,
+        "where compiled programs are kept, so a restart need not compile them ('' : never)",
+        "programCacheDir",
+        metavar="DIR",
+    ),
+    Option(
         "keep_programs",
         parse_bool,
         "leave programs attached (enforcement in place) when the agent stops",
@@ -434,6 +441,7 @@ class Settings:
     # to ride out a stall of the writer (a page-cache hiccup, a slow disk).
     ringbuf_size: int = 32 * MEGABYTE
     bpf_pin_dir: str = "/sys/fs/bpf/flowlog"
+    program_cache_dir: str = "/var/cache/flowlog"
     keep_programs: bool = False
     config: str = ""  # the file these came from, if any
 

@@ -131,7 +131,8 @@ class Dataplane:
             self._sync_policies(at_start=True)
         # The ring buffer a previous agent left pinned, before the new load replaces the pin.
         previous_events = open_pinned(self.pins.map(RINGBUF_MAP))
-        self._programs = LoadedPrograms(self.pins, self.settings.ringbuf_size)
+        cache = Path(self.settings.program_cache_dir) if self.settings.program_cache_dir else None
+        self._programs = LoadedPrograms(self.pins, self.settings.ringbuf_size, cache)
         programs = self._programs
         for number, name in self.attribution.policies.items():
             self._publish_name(POLICY, number, name)
@@ -149,7 +150,8 @@ class Dataplane:
                     self._inherited_lost,
                 )
         log.info(
-            "data plane loaded: %d policies, %d pods attached (%s mode), pinned under %s",
+            "data plane loaded (%s): %d policies, %d pods attached (%s mode), pinned under %s",
+            "compiled" if self._programs.compiled else "compiled programs from the cache",
             len(self._policies()),
             len(self._attached),
             self.settings.enforcing_mode,

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from flowlog import bpf_syscall
 from flowlog.config import ConfigError
-from flowlog.dataplane import maps
+from flowlog.dataplane import maps, program_cache
 from flowlog.dataplane.bpf_map import BpfMap
 from flowlog.dataplane.policy import EGRESS, INGRESS
 from flowlog.records import LAYOUTS
@@ -149,8 +149,28 @@ def _drop_incompatible_conntrack(path: Path) -> None:
         path.unlink()
 
 
-def compile_and_pin(pins: PinLayout, ringbuf_size: int) -> None:
-    """Compile and load the programs with bcc, then pin them and every map.
+def _compile_flags(ringbuf_size: int) -> list[str]:
+    """What the compile depends on besides the sources (and where conntrack is pinned)."""
+    return [
+        f"-I{bpf_source_dir()}",
+        f"-DRINGBUF_PAGES={ringbuf_size // mmap.PAGESIZE}",
+        f"-DTAP_PAGES={TAP_SIZE // mmap.PAGESIZE}",
+        f"-DCONNTRACK_ENTRIES={CONNTRACK_ENTRIES}",
+    ]
+
+
+def cache_file(cache_dir: Path, ringbuf_size: int) -> Path:
+    """Where the compile for these sources and settings is kept."""
+    sources = sorted(bpf_source_dir().glob("*.[ch]"))
+    return (
+        cache_dir
+        / f"programs-{program_cache.cache_key(sources, _compile_flags(ringbuf_size))}.json"
+    )
+
+
+def compile_and_pin(pins: PinLayout, ringbuf_size: int, cache_dir: Path | None = None) -> None:
+    """Compile and load the programs with bcc, then pin them and every map, and
+    keep the compile in ``cache_dir`` for the next start.
 
     Run by ``python -m flowlog.dataplane.loader`` in a child process: bcc's
     compiler (clang and LLVM) leaves well over 100 MB behind in the process
@@ -159,40 +179,67 @@ def compile_and_pin(pins: PinLayout, ringbuf_size: int) -> None:
     """
     import bcc  # here only: loading it maps clang and LLVM into the process
 
-    source = bpf_source_dir()
-    cflags = [
-        f"-I{source}",
-        f"-DRINGBUF_PAGES={ringbuf_size // mmap.PAGESIZE}",
-        f"-DTAP_PAGES={TAP_SIZE // mmap.PAGESIZE}",
-        f"-DCONNTRACK_ENTRIES={CONNTRACK_ENTRIES}",
-        f'-DCONNTRACK_PIN="{pins.map(CONNTRACK_MAP)}"',
-    ]
-    loaded = bcc.BPF(src_file=str(source / PROGRAM_SOURCE).encode(), cflags=cflags)
+    cflags = [*_compile_flags(ringbuf_size), f'-DCONNTRACK_PIN="{pins.map(CONNTRACK_MAP)}"']
+    source = bpf_source_dir() / PROGRAM_SOURCE
+    loaded = bcc.BPF(src_file=str(source).encode(), cflags=cflags)
     for name in PROGRAMS:
         _replace_pin(loaded.load_func(name.encode(), bcc.BPF.SCHED_CLS).fd, pins.prog(name))
     for name in MAP_NAMES:
         if name != CONNTRACK_MAP:  # bcc pinned it, or opened the one already there
             _replace_pin(loaded[name.encode()].map_fd, pins.map(name))
+    if cache_dir is not None:
+        try:
+            program_cache.record(
+                cache_file(cache_dir, ringbuf_size),
+                {name: loaded.dump_func(name.encode()) for name in PROGRAMS},
+                {name: loaded[name.encode()].map_fd for name in MAP_NAMES},
+            )
+        except OSError as error:  # a read-only cache costs the next start a compile
+            print(f"cannot keep the compiled programs in {cache_dir}: {error}", file=sys.stderr)
     loaded.cleanup()
+
+
+def _load_cached(pins: PinLayout, ringbuf_size: int, cache_dir: Path) -> bool:
+    """Load and pin the programs from the cache, without a compiler; False if it cannot."""
+    reuse = {}
+    conntrack = open_pinned(pins.map(CONNTRACK_MAP))
+    if conntrack is not None:
+        reuse[CONNTRACK_MAP] = conntrack  # established flows carry on
+    loaded = program_cache.load(cache_file(cache_dir, ringbuf_size), reuse)
+    if loaded is None:
+        if conntrack is not None:
+            os.close(conntrack)
+        return False
+    program_fds, map_fds = loaded
+    for name, fd in program_fds.items():
+        _replace_pin(fd, pins.prog(name))
+        os.close(fd)
+    for name, fd in map_fds.items():
+        if name not in reuse:
+            _replace_pin(fd, pins.map(name))
+        os.close(fd)
+    return True
 
 
 class LoadedPrograms:
     """The programs and maps of one load, open in this process through their pins."""
 
-    def __init__(self, pins: PinLayout, ringbuf_size: int) -> None:
+    def __init__(self, pins: PinLayout, ringbuf_size: int, cache_dir: Path | None = None) -> None:
         check_ringbuf_size(ringbuf_size)
         check_bpf_filesystem(pins.root)
         pins.maps.mkdir(parents=True, exist_ok=True)
         pins.progs.mkdir(parents=True, exist_ok=True)
         _drop_incompatible_conntrack(pins.map(CONNTRACK_MAP))
-        loader = subprocess.run(
-            [sys.executable, "-m", "flowlog.dataplane.loader", str(pins.root), str(ringbuf_size)],
-            capture_output=True,
-            text=True,
-        )
-        if loader.returncode != 0:
-            lines = loader.stderr.strip().splitlines()
-            raise RuntimeError(lines[-1] if lines else f"loader exited with {loader.returncode}")
+        self.compiled = not (cache_dir and _load_cached(pins, ringbuf_size, cache_dir))
+        if self.compiled:
+            argv = [sys.executable, "-m", "flowlog.dataplane.loader", str(pins.root)]
+            argv += [str(ringbuf_size), str(cache_dir or "")]
+            loader = subprocess.run(argv, capture_output=True, text=True)
+            if loader.returncode != 0:
+                lines = loader.stderr.strip().splitlines()
+                raise RuntimeError(
+                    lines[-1] if lines else f"loader exited with {loader.returncode}"
+                )
         self.pins = pins
         self.ringbuf_size = ringbuf_size
         self.program_fds = {name: bpf_syscall.obj_get(str(pins.prog(name))) for name in PROGRAMS}
