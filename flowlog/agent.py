@@ -189,7 +189,10 @@ class Agent:
             attribution = None
         else:
             from flowlog.dataplane import Dataplane
+            from flowlog.dataplane.privileges import missing_to_load_programs
 
+            if problem := missing_to_load_programs():
+                raise StartupError(problem)
             assert self.cluster
             dataplane = Dataplane(
                 settings,

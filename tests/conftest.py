@@ -1,8 +1,9 @@
 """Shared test fixtures and the rule that integration tests never skip in CI.
 
 Tests marked ``bpf`` need root, the bpf() syscall and network namespaces;
-tests marked ``cloudwatch`` start a local moto_server. Under ``CI=true`` a
-skipped test with either mark is reported as a failure.
+tests marked ``cloudwatch`` start a local moto_server; tests marked ``image``
+run the image ``make image`` builds. Under ``CI=true`` a skipped test with any
+of these marks is reported as a failure.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pytest
 from flowlog.demo.local_cloudwatch import LocalCloudWatch
 from tests.support.cloudwatch_proxy import CloudWatchProxy
 
-INTEGRATION_MARKS = ("bpf", "cloudwatch", "root", "browser")
+INTEGRATION_MARKS = ("bpf", "cloudwatch", "root", "browser", "image")
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 

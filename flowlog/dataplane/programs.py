@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import mmap
 import os
 import struct
@@ -36,7 +37,7 @@ from pathlib import Path
 
 from flowlog import bpf_syscall
 from flowlog.config import ConfigError
-from flowlog.dataplane import maps, program_cache
+from flowlog.dataplane import maps, privileges, program_cache
 from flowlog.dataplane.bpf_map import BpfMap
 from flowlog.dataplane.policy import EGRESS, INGRESS
 from flowlog.records import LAYOUTS
@@ -64,6 +65,10 @@ CONNTRACK_MAP = "conntrack"
 CONNTRACK_ENTRIES = 262144
 TAP_SIZE = 256 * 1024
 BPF_FS_TYPE = "bpf"
+SYSTEM_BPF_FS = Path("/sys/fs/bpf")
+
+log = logging.getLogger(__name__)
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def bpf_source_dir() -> Path:
@@ -122,6 +127,49 @@ def check_bpf_filesystem(path: Path) -> None:
             f"--bpf-pin-dir {path}: not on a BPF filesystem "
             "(mount one with: mount -t bpf bpffs /sys/fs/bpf)"
         )
+
+
+def bpf_filesystem_mount_point(pin_dir: Path) -> Path:
+    """Where to mount a BPF filesystem for ``pin_dir``.
+
+    ``/sys/fs/bpf`` when the pin directory is under it, because that is where
+    every BPF tool (bpftool, the AWS agent, Cilium) looks; otherwise the pin
+    directory itself, so that nothing but our own pins is covered.
+    """
+    resolved = pin_dir.resolve()
+    if resolved == SYSTEM_BPF_FS or SYSTEM_BPF_FS in resolved.parents:
+        return SYSTEM_BPF_FS
+    return resolved
+
+
+def ensure_bpf_filesystem(pin_dir: Path) -> None:
+    """Make sure ``pin_dir`` lies on a BPF filesystem, mounting one when allowed to.
+
+    Inside a container whose node did not mount bpffs, or under ``ip netns
+    exec`` (which gives its command a fresh ``/sys``), there is none. As
+    Cilium's agent does, a process holding CAP_SYS_ADMIN mounts one itself;
+    without it the error says how to mount it. A filesystem mounted here is
+    left mounted on exit: pins kept with ``--keep-programs`` live in it.
+    """
+    try:
+        check_bpf_filesystem(pin_dir)
+        return
+    except ConfigError:
+        if not privileges.holds(privileges.CAP_SYS_ADMIN):
+            raise
+    mount_point = bpf_filesystem_mount_point(pin_dir)
+    mount_point.mkdir(parents=True, exist_ok=True)
+    # Mode 0700, as systemd mounts it: pinned maps hold other pods' traffic.
+    if _libc.mount(b"bpffs", bytes(mount_point), b"bpf", 0, b"mode=0700") != 0:
+        error = ctypes.get_errno()
+        raise ConfigError(
+            f"--bpf-pin-dir {pin_dir}: not on a BPF filesystem, and mounting one on "
+            f"{mount_point} failed: {os.strerror(error)}"
+        )
+    log.info(
+        "mounted a BPF filesystem on %s: --bpf-pin-dir %s was not on one", mount_point, pin_dir
+    )
+    check_bpf_filesystem(pin_dir)
 
 
 def check_ringbuf_size(size: int) -> None:
@@ -226,7 +274,7 @@ class LoadedPrograms:
 
     def __init__(self, pins: PinLayout, ringbuf_size: int, cache_dir: Path | None = None) -> None:
         check_ringbuf_size(ringbuf_size)
-        check_bpf_filesystem(pins.root)
+        ensure_bpf_filesystem(pins.root)
         pins.maps.mkdir(parents=True, exist_ok=True)
         pins.progs.mkdir(parents=True, exist_ok=True)
         _drop_incompatible_conntrack(pins.map(CONNTRACK_MAP))

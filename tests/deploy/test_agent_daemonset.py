@@ -1,4 +1,5 @@
-"""docker/daemonset.yaml: the fields a node agent needs, and flags the CLI really takes."""
+"""docker/daemonset.yaml and rbac.yaml: the fields a node agent needs, flags the CLI
+really takes, and API access limited to reading what it enforces and names."""
 
 import argparse
 import re
@@ -30,6 +31,9 @@ from tests.deploy.manifests import (
 )
 
 NODE_NAME = "ip-10-0-0-1.eu-west-1.compute.internal"
+RBAC_MANIFEST = REPOSITORY / "docker" / "rbac.yaml"
+# Where the VPC CNI writes its IPAM checkpoint, and where the agent reads it by default.
+IPAM_CHECKPOINT = "/var/run/aws-node/ipam.json"
 HEALTH_PORT = 8163
 METRICS_PORT = 8162
 
@@ -71,8 +75,45 @@ def settings(parsed, container, documents, addon_config) -> Settings:
 
 def test_every_object_parses_and_lives_in_kube_system(documents):
     kinds = sorted(d["kind"] for d in documents)
-    assert kinds == ["ConfigMap", "ConfigMap", "DaemonSet", "ServiceAccount"]
+    assert kinds == ["ConfigMap", "DaemonSet", "ServiceAccount"]
     assert {d["metadata"]["namespace"] for d in documents} == {"kube-system"}
+
+
+def test_the_service_account_keeps_its_iam_role_and_its_token_is_mounted(documents, daemonset):
+    account = only(documents, "ServiceAccount", "flowlog")
+    assert account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].startswith(
+        "arn:aws:iam::"
+    )
+    assert pod_spec(daemonset)["automountServiceAccountToken"] is True
+
+
+def test_rbac_grants_reading_pods_and_policyendpoints_and_creating_events():
+    rbac = load_documents(RBAC_MANIFEST)
+    assert sorted(d["kind"] for d in rbac) == ["ClusterRole", "ClusterRoleBinding"]
+    role = only(rbac, "ClusterRole", "flowlog")
+    granted = {
+        (group, resource): sorted(rule["verbs"])
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+    }
+    assert granted == {
+        ("", "pods"): ["get", "list", "watch"],
+        ("networking.k8s.aws", "policyendpoints"): ["get", "list", "watch"],
+        ("", "events"): ["create"],
+    }
+    assert all(
+        "resourceNames" not in rule and "nonResourceURLs" not in rule for rule in role["rules"]
+    )
+    binding = only(rbac, "ClusterRoleBinding", "flowlog")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": "flowlog",
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "flowlog", "namespace": "kube-system"}
+    ]
 
 
 def test_runs_on_the_node_network_on_every_node(daemonset):
@@ -115,7 +156,13 @@ def test_resources_as_stated(container):
 
 def test_host_paths(daemonset):
     mounted = host_paths(daemonset)
-    assert set(mounted) == {"/sys/fs/bpf", "/var/log/aws-routed-eni", "/lib/modules", "/usr/src"}
+    assert set(mounted) == {
+        "/sys/fs/bpf",
+        "/var/log/aws-routed-eni",
+        "/lib/modules",
+        "/usr/src",
+        "/var/run/aws-node",
+    }
     for host_path, (mount_path, _) in mounted.items():
         assert mount_path == host_path
     assert not mounted["/sys/fs/bpf"][1].get("readOnly", False)
@@ -123,6 +170,7 @@ def test_host_paths(daemonset):
     assert not mounted["/var/log/aws-routed-eni"][1].get("readOnly", False)
     assert mounted["/lib/modules"][1]["readOnly"] is True
     assert mounted["/usr/src"][1]["readOnly"] is True
+    assert mounted["/var/run/aws-node"][1]["readOnly"] is True
 
 
 def test_no_manifest_asks_for_privileged():
@@ -181,7 +229,9 @@ def test_every_path_the_agent_uses_is_mounted(parsed, settings, daemonset):
     (volume,) = [v for v in pod_spec(daemonset)["volumes"] if v["name"] == "config"]
     (item,) = volume["configMap"]["items"]
     assert PurePosixPath(config_mount["mountPath"], item["path"]) == PurePosixPath(parsed.config)
-    assert mount_of(settings.policy_dir)["name"] == "policies"
+    # Policies come from the API, not from a mounted directory.
+    assert not settings.policy_dir
+    assert mount_of(IPAM_CHECKPOINT)["name"] == "aws-node"
     assert mount_of(settings.log_file)["name"] == "flow-logs"
     assert mount_of(settings.bpf_pin_dir)["name"] == "bpffs"
 
