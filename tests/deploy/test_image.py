@@ -324,11 +324,21 @@ def test_the_stars_scenario_against_the_container(
                     line.get("Namespace"),
                 )
                 for line in read_lines(log)
-                if line["Direction"] == "ingress"
+                if line["Direction"] == "ingress" and line["Verdict"] != "EXPIRED/DELETED"
+            }
+
+        def ends() -> set[tuple]:
+            return {
+                (line["Src IP"], line["Dest IP"], line["Dest Port"], "TCP", "ACCEPT")
+                for line in read_lines(log)
+                if line["Direction"] == "ingress" and line["Verdict"] == "EXPIRED/DELETED"
             }
 
         wait_until(lambda: ingress_lines() >= expected, 10, message="a line per probe")
         assert ingress_lines() == expected
+        # Every allowed connection closed: each ends in a line with its counters.
+        accepted = {flow[:5] for flow in expected if flow[4] == "ACCEPT"}
+        wait_until(lambda: ends() >= accepted, 10, message="each allowed connection's end")
         lines = read_lines(log)
         assert {line["Node"] for line in lines} == {NODE_NAME}
         # Each line names a policy that selects its pod.
