@@ -8,7 +8,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import flowmap, replay_to_file, ringbuf_to_file, shipping
+from bench import flow_volume, flowmap, replay_to_file, ringbuf_to_file, shipping
 from bench.measure import Figure, cpu_times, steal_share
 
 BENCHMARKS = {
@@ -16,6 +16,7 @@ BENCHMARKS = {
     "replay": replay_to_file.run,
     "shipping": shipping.run,
     "map": flowmap.run,
+    "flows": flow_volume.run,
 }
 
 

@@ -334,6 +334,20 @@ def map_info(fd: int) -> MapInfo:
     )
 
 
+# struct bpf_prog_info (UAPI): its size, and where the run statistics sit.
+PROG_INFO_SIZE = 232
+PROG_INFO_RUN = struct.Struct("<QQ")  # run_time_ns, run_cnt
+PROG_INFO_RUN_OFFSET = 192
+
+
+def prog_run_stats(fd: int) -> tuple[int, int]:
+    """(nanoseconds run, runs) of a program while run-time statistics are enabled."""
+    info = ctypes.create_string_buffer(PROG_INFO_SIZE)
+    attr = _InfoAttr(bpf_fd=fd, info_len=PROG_INFO_SIZE, info=ctypes.addressof(info))
+    _bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
+    return PROG_INFO_RUN.unpack_from(info.raw, PROG_INFO_RUN_OFFSET)
+
+
 SK_BUFF_SIZE = 192  # sizeof(struct __sk_buff)
 SK_BUFF_IFINDEX = 40  # offsetof(struct __sk_buff, ifindex)
 
