@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import importlib.util
 import logging
 import os
 import struct
@@ -43,11 +44,19 @@ def cache_key(sources: list[Path], cflags: list[str]) -> str:
         digest.update(source.name.encode() + b"\0" + source.read_bytes())
     digest.update("\0".join(cflags).encode())
     digest.update(os.uname().release.encode())
-    with contextlib.suppress(ImportError, AttributeError):
-        import bcc  # the compiler's version, when it is here (it is, when the key is written)
-
-        digest.update(str(bcc.__version__).encode())
+    digest.update(_compiler_version())
     return digest.hexdigest()[:32]
+
+
+def _compiler_version() -> bytes:
+    """bcc's version file, read rather than imported: importing bcc maps clang and
+    LLVM (over 50 MB) into the process, which the agent must not carry."""
+    spec = importlib.util.find_spec("bcc")
+    if spec is None or not spec.submodule_search_locations:
+        return b""
+    with contextlib.suppress(OSError):
+        return (Path(next(iter(spec.submodule_search_locations))) / "version.py").read_bytes()
+    return b""
 
 
 def record(path: Path, programs: dict[str, bytes], map_fds: dict[str, int]) -> None:
