@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import os
 import random
+import resource
 import socket
 import time
 from pathlib import Path
@@ -45,6 +46,7 @@ PRICE_PER_GB = 0.50
 HOURS_PER_MONTH = 730
 EVENT_OVERHEAD = 26  # bytes CloudWatch counts per event besides its message
 TARGET_RATIO = 20
+MAX_OPEN = 2000
 
 
 async def serve(listener: socket.socket) -> None:
@@ -64,8 +66,13 @@ async def serve(listener: socket.socket) -> None:
         task.add_done_callback(tasks.discard)
 
 
-async def connect_once(source: Pod, target: Pod) -> bool:
+async def connect_once(source: Pod, target: Pod, slots: asyncio.Semaphore) -> bool:
     loop = asyncio.get_running_loop()
+    async with slots:
+        return await _exchange(loop, source, target)
+
+
+async def _exchange(loop: asyncio.AbstractEventLoop, source: Pod, target: Pod) -> bool:
     with source.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setblocking(False)
         try:
@@ -102,12 +109,14 @@ async def traffic(pods: list[Pod], listeners: list[socket.socket]) -> tuple[int,
     longs = [
         asyncio.ensure_future(long_flow(*rng.sample(pods, 2), stop)) for _ in range(LONG_FLOWS)
     ]
+    # Connections open at once, bounded: two sockets each, well inside the fd limit.
+    slots = asyncio.Semaphore(MAX_OPEN)
     started = time.monotonic()
     made, failed, pending = 0, 0, set()
     while (elapsed := time.monotonic() - started) < SECONDS:
         due = int(elapsed * RATE) - made
         for _ in range(due):
-            task = asyncio.ensure_future(connect_once(*rng.sample(pods, 2)))
+            task = asyncio.ensure_future(connect_once(*rng.sample(pods, 2), slots))
             pending.add(task)
             task.add_done_callback(pending.discard)
             made += 1
@@ -214,6 +223,8 @@ def summary_bytes_per_hour(raw: list[bytes], parsed: list[dict]) -> float:
 
 
 def run(work: Path) -> list[Figure]:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
     (work / "policies").mkdir(exist_ok=True)
     (work / "logs").mkdir(exist_ok=True)
     with Topology() as node:

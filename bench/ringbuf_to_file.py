@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,6 +93,12 @@ class Bench:
             ["mount", "-t", "tmpfs", "-o", "size=4g", "tmpfs", str(self.logs)], check=True
         )
         self.pins = PinLayout(new_pin_dir())
+
+    def start_to_ready(self, cache: Path) -> float:
+        """Seconds from starting the agent to /readyz answering 200 (using ``cache``)."""
+        started = time.monotonic()
+        with self.agent(f"--program-cache-dir={cache}"):
+            return time.monotonic() - started
 
     @contextlib.contextmanager
     def agent(self, *flags: str) -> Iterator[AgentProcess]:
@@ -228,6 +235,9 @@ def run(work: Path) -> list[Figure]:
                 )
                 outage = bench.trial(agent, STEADY_RATE, OUTAGE_SECONDS)
                 print(outage.line(), flush=True)
+            cache = work / "program-cache"
+            cold, cached = bench.start_to_ready(cache), bench.start_to_ready(cache)
+            print(f"start to ready: {cold:.2f} s compiling, {cached:.2f} s from the cache")
             baseline = run_baseline(bench)
         finally:
             bench.close()
@@ -285,6 +295,15 @@ def run(work: Path) -> list[Figure]:
             steady.cpu_seconds / steady.seconds <= STEADY_TARGET_CORES,
         ),
         Figure("steady load", "lost", steady.lost, "events", "0", steady.lost == 0),
+        Figure("start to ready", "first start (bcc compiles the programs)", cold, "s"),
+        Figure(
+            "start to ready",
+            "a restart, same programs (from the cache)",
+            cached,
+            "s",
+            "< 1 s",
+            cached < 1.0,
+        ),
         Figure(
             "cloudwatch outage",
             "agent peak RSS, backlog growing",

@@ -195,7 +195,7 @@ def run(work: Path) -> list[Figure]:
     return [
         Figure(name, f"events/s ({LINES:,} lines)", median(rates), "events/s", better="higher"),
         Figure(
-            name, "client CPU per event", cpu, "us", "<= 1 us", cpu <= 1.0, baseline=watchtower_us
+            name, "client CPU per event", cpu, "us", "<= 0.5 us", cpu <= 0.5, baseline=watchtower_us
         ),
         Figure(name, "of it SHA-256 of the bodies (SigV4)", median(hashing_us), "us"),
         Figure(name, "validating endpoint CPU per event (same cores)", median(endpoint_us), "us"),
@@ -227,7 +227,7 @@ def run(work: Path) -> list[Figure]:
             "client peak RSS",
             median(peaks) / 2**20,
             "MB",
-            "< 150 MB",
-            median(peaks) < 150 * 2**20,
+            "< 120 MB",
+            median(peaks) < 120 * 2**20,
         ),
     ]

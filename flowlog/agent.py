@@ -27,7 +27,6 @@ from flowlog import bpf_syscall, config, metrics
 from flowlog.cluster import ClusterView
 from flowlog.config import ConfigError, Settings
 from flowlog.flows import metrics as flow_metrics
-from flowlog.flows.table import SCAN_SECONDS as FLOW_SCAN_SECONDS
 from flowlog.flows.table import FlowTable
 from flowlog.format import Attribution
 from flowlog.logfile import LineSink
@@ -281,10 +280,10 @@ class Agent:
         """Flows that went idle end here (closed ones the programs report themselves)."""
         assert self.pipeline and self.flows
         while True:
-            await asyncio.sleep(FLOW_SCAN_SECONDS)
+            await asyncio.sleep(self.flows.scan_seconds)
             self.pipeline.process(self.flows.expire())
             flow_metrics.CONNTRACK_ENTRIES.set(self.flows.entries)
-            flow_metrics.SCAN_SECONDS.inc(self.flows.scan_seconds)
+            flow_metrics.SCAN_SECONDS.inc(self.flows.scan_cpu_seconds)
 
     def count_lost_events(self) -> None:
         total = self.dataplane.lost_events()

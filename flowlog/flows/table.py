@@ -2,7 +2,8 @@
 
 The programs report a TCP flow's end themselves, at its close (FIN both ways
 or RST), and leave its entry frozen. Everything else ends by going idle,
-which no packet announces: every ``SCAN_SECONDS`` the agent reads conntrack
+which no packet announces: every ``scan_seconds`` (a quarter of the shortest
+idle timeout, from 0.5 to 5 s) the agent reads conntrack
 in batches of entries (``BPF_MAP_LOOKUP_BATCH``, a few system calls for the
 whole table), picks with numpy the flows idle past their protocol's timeout,
 turns them into flow-end records exactly like the programs' own, and deletes
@@ -30,7 +31,10 @@ from flowlog.records import FLOW_END, VERDICT_EXPIRED, FlowBatch, epoch_ms_of
 
 FLOW_KEY = np.dtype(maps.FlowKey)
 FLOW_STATE = np.dtype(maps.FlowState)
-SCAN_SECONDS = 2.0
+# How often conntrack is scanned: a quarter of the shortest idle timeout, so a
+# flow ends at most a quarter late, within these bounds.
+SCAN_FRACTION = 0.25
+SCAN_SECONDS_RANGE = (0.5, 5.0)
 # A closed flow's entry stays this long, so its last packets (the final ACK,
 # retransmitted FINs) still pass as part of it.
 CLOSED_LINGER_SECONDS = 10.0
@@ -72,7 +76,12 @@ class FlowTable:
         self._keys = np.zeros(BATCH_ENTRIES, FLOW_KEY)
         self._states = np.zeros(BATCH_ENTRIES, FLOW_STATE)
         self.entries = 0  # held at the last scan
-        self.scan_seconds = 0.0  # how long the last scan took, in CPU time
+        self.scan_cpu_seconds = 0.0  # how long the last scan took, in CPU time
+        shortest = min(
+            getattr(self.timeouts, name.replace("-", "_")) for name in IdleTimeouts.NAMES
+        )
+        low, high = SCAN_SECONDS_RANGE
+        self.scan_seconds = min(high, max(low, shortest * SCAN_FRACTION))
 
     def entries_now(self) -> tuple[np.ndarray, np.ndarray]:
         """Every entry: (keys, states)."""
@@ -103,7 +112,7 @@ class FlowTable:
         lingered = ended & (idle_for > int(CLOSED_LINGER_SECONDS * 1e9))
         batch = self._end(keys[idle], states[idle], now)
         bpf_syscall.map_delete_batch(self.fd, np.ascontiguousarray(keys[idle | lingered]))
-        self.scan_seconds = time.process_time() - started
+        self.scan_cpu_seconds = time.process_time() - started
         return batch
 
     def end_all(self) -> FlowBatch:
